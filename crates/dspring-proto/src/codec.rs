@@ -219,12 +219,18 @@ mod tests {
             r.finish().unwrap();
         }
         // Overlong zero and an 11-byte encoding are rejected.
-        assert_eq!(Reader::new(&[0x80, 0x00]).varint("v"), Err(DecodeError::BadVarint));
+        assert_eq!(
+            Reader::new(&[0x80, 0x00]).varint("v"),
+            Err(DecodeError::BadVarint)
+        );
         assert!(Reader::new(&[0xff; 11]).varint("v").is_err());
         // u64::MAX + 1 does not fit.
         let mut too_big = vec![0xff; 9];
         too_big.push(0x02);
-        assert_eq!(Reader::new(&too_big).varint("v"), Err(DecodeError::BadVarint));
+        assert_eq!(
+            Reader::new(&too_big).varint("v"),
+            Err(DecodeError::BadVarint)
+        );
     }
 
     #[test]

@@ -1,0 +1,995 @@
+//! The public state machine of one group: create, add, remove, update, send and receive, each
+//! returning a [`Staged`] result (the new state, what to broadcast, what happened) that the
+//! caller persists atomically before acting on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::buffer::{DeliveryBuffer, Insert};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::control::{Control, Welcome};
+use crate::dcgka::{Dcgka, Outcome, ProcessError, Reply};
+use crate::envelope::{self, Envelope, MAX_PLAINTEXT_LEN, Position, Unverified};
+use crate::identity::{DevicePrekeys, PrekeyBundle, SignatureError, SigningKey, VerifyingKey};
+use crate::ids::{GroupId, MemberId, OpId, ShortId};
+use crate::message_ratchet::SenderChains;
+use crate::secret::Secret;
+
+/// Version of the serialized group state; bumped on any change of its layout.
+pub const STATE_FORMAT_VERSION: u16 = 1;
+
+/// A device: its identity key and prekeys, lent to group operations that need them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Device {
+    pub identity: SigningKey,
+    pub prekeys: DevicePrekeys,
+}
+
+impl Device {
+    pub fn generate(one_time_prekeys: u32, rng: &mut impl CryptoRng) -> Self {
+        let identity = SigningKey::generate(rng);
+        let prekeys = DevicePrekeys::generate(&identity, one_time_prekeys, rng);
+        Self { identity, prekeys }
+    }
+
+    pub fn id(&self) -> MemberId {
+        MemberId(self.identity.verifying_key().0)
+    }
+
+    /// A bundle for someone who wants to add me, with the one-time prekey `one_time` if given.
+    pub fn bundle(&self, one_time: Option<u32>) -> PrekeyBundle {
+        self.prekeys.bundle(&self.identity, one_time)
+    }
+
+    /// Deletes one-time prekeys that a committed [`Staged`] reported as used.
+    pub fn consume_prekeys(&mut self, ids: &[u32]) {
+        for id in ids {
+            self.prekeys.remove_one_time(*id);
+        }
+    }
+}
+
+/// Something that happened, for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A decrypted application message.
+    Message {
+        sender: MemberId,
+        epoch: u64,
+        index: u64,
+        plaintext: Vec<u8>,
+    },
+    /// I am now a member (through a create or a welcome).
+    Joined {
+        by: MemberId,
+    },
+    MemberAdded {
+        by: MemberId,
+        member: MemberId,
+    },
+    MemberRemoved {
+        by: MemberId,
+        member: MemberId,
+    },
+    /// A member refreshed its keys.
+    KeyUpdated {
+        member: MemberId,
+    },
+    /// I was removed (or my add was cancelled): the group state is wiped.
+    RemovedMe {
+        by: MemberId,
+    },
+    /// An application message this member may not read: sent before it joined, or in an
+    /// epoch it was not part of. Not an error: honest concurrency produces these.
+    Unreadable {
+        sender: MemberId,
+        epoch: u64,
+        index: u64,
+    },
+    /// A buffered envelope that failed when its turn came; the sender's later control
+    /// messages stay blocked behind it.
+    Rejected {
+        sender: ShortId,
+        reason: String,
+    },
+}
+
+/// An envelope to hand to the network.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    /// Also deliver directly to this peer: it is being added and does not follow the group yet.
+    pub welcome_for: Option<MemberId>,
+}
+
+/// The result of an operation: persist `group`, `outbox` and the prekey deletions in one
+/// transaction, then send the outbox and show the events.
+#[derive(Debug)]
+pub struct Staged {
+    pub group: Group,
+    pub outbox: Vec<Outgoing>,
+    pub events: Vec<Event>,
+    /// One-time prekeys of this device used by this step: delete them with the commit.
+    pub consumed_prekeys: Vec<u32>,
+}
+
+/// Misuse of the API: the caller asked for something the group cannot do.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    #[error("this device is no longer a member of the group")]
+    NotActive,
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    #[error("prekey bundle of {0} has a bad signature")]
+    BadBundle(MemberId),
+    #[error("plaintext of {0} bytes exceeds the limit of {MAX_PLAINTEXT_LEN}")]
+    PlaintextTooLarge(usize),
+    #[error("no sending key: {0}")]
+    Ratchet(String),
+    #[error(transparent)]
+    Protocol(#[from] ProcessError),
+}
+
+/// Why an incoming envelope was refused. Everything but `NotActive` is the sender's doing.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    #[error("malformed envelope: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("bad signature")]
+    BadSignature(#[from] SignatureError),
+    #[error("sender is not a member of this group")]
+    NotAMember,
+    #[error("envelope does not fit the sender's stream: {0}")]
+    OutOfOrder(&'static str),
+    #[error("delivery buffer is full; fetch again later")]
+    BufferFull,
+    #[error("message could not be decrypted: {0}")]
+    Undecryptable(String),
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProcessError),
+    #[error("this device is no longer a member of the group")]
+    NotActive,
+    #[error("not a welcome for this device")]
+    NotMyWelcome,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Active {
+    dcgka: Dcgka,
+    signing_key: SigningKey,
+    verifying_keys: KeyHistory,
+    /// Delivered control seq per sender.
+    clock: BTreeMap<MemberId, u64>,
+    chains: BTreeMap<MemberId, SenderChains>,
+    buffer: DeliveryBuffer,
+}
+
+/// The state of one group at one member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Group {
+    id: GroupId,
+    me: MemberId,
+    /// `None` once this member was removed: everything secret is gone.
+    active: Option<Box<Active>>,
+}
+
+impl Group {
+    pub fn id(&self) -> GroupId {
+        self.id
+    }
+
+    pub fn me(&self) -> MemberId {
+        self.me
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The current members as this member sees them.
+    pub fn members(&self) -> BTreeSet<MemberId> {
+        self.active
+            .as_ref()
+            .map(|a| a.dcgka.members())
+            .unwrap_or_default()
+    }
+
+    /// Envelopes waiting in the delivery buffer for what they depend on.
+    pub fn buffered(&self) -> usize {
+        self.active.as_ref().map_or(0, |a| a.buffer.len())
+    }
+
+    /// Member secrets not yet consumed (they are deleted on use; exposed for tests).
+    pub fn pending_member_secrets(&self) -> usize {
+        self.active
+            .as_ref()
+            .map_or(0, |a| a.dcgka.pending_member_secrets())
+    }
+
+    /// Serialized state with its format version.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = STATE_FORMAT_VERSION.to_be_bytes().to_vec();
+        out.extend(postcard::to_allocvec(self)?);
+        Ok(out)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let (version, rest) = bytes
+            .split_first_chunk::<2>()
+            .ok_or(DecodeError::UnexpectedEnd("state version"))?;
+        let version = u16::from_be_bytes(*version);
+        if version != STATE_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version.min(255) as u8));
+        }
+        postcard::from_bytes(rest).map_err(|_| DecodeError::Invalid("group state"))
+    }
+
+    fn active_mut(&mut self) -> Result<&mut Active, GroupError> {
+        self.active.as_deref_mut().ok_or(GroupError::NotActive)
+    }
+
+    // ----- local operations ------------------------------------------------------------
+
+    /// Creates a group of this device and the owners of `others` (verified here).
+    pub fn create(
+        device: &Device,
+        id: GroupId,
+        others: &[PrekeyBundle],
+        rng: &mut impl CryptoRng,
+    ) -> Result<Staged, GroupError> {
+        for bundle in others {
+            bundle
+                .verify()
+                .map_err(|_| GroupError::BadBundle(bundle.identity))?;
+        }
+        let me = device.id();
+        let (dcgka, reply, update) = Dcgka::create(me, id, device.bundle(None), others, rng)?;
+        let mut verifying_keys = KeyHistory::default();
+        let mut clock = BTreeMap::new();
+        for member in dcgka.members() {
+            verifying_keys.set(member, 0, VerifyingKey(member.0));
+            clock.insert(member, 0);
+        }
+        let active = Active {
+            dcgka,
+            signing_key: device.identity.clone(),
+            verifying_keys,
+            clock,
+            chains: BTreeMap::new(),
+            buffer: DeliveryBuffer::default(),
+        };
+        let mut group = Group {
+            id,
+            me,
+            active: Some(Box::new(active)),
+        };
+        let mut staged = Staged::empty(group.clone());
+        group.send_replies(vec![reply], vec![(1, update)], None, None, &mut staged, rng)?;
+        staged.group = group;
+        staged.events.push(Event::Joined { by: me });
+        Ok(staged)
+    }
+
+    /// Fresh keys for me (post-compromise security).
+    pub fn update(&self, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
+        let mut group = self.clone();
+        let active = group.active_mut()?;
+        let (reply, update) = active.dcgka.update(rng)?;
+        let seq = reply.seq;
+        let mut staged = Staged::empty(self.clone());
+        group.send_replies(
+            vec![reply],
+            vec![(seq, update)],
+            None,
+            None,
+            &mut staged,
+            rng,
+        )?;
+        staged.events.push(Event::KeyUpdated { member: self.me });
+        staged.group = group;
+        Ok(staged)
+    }
+
+    pub fn remove(&self, member: MemberId, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
+        let mut group = self.clone();
+        let active = group.active_mut()?;
+        let (reply, update) = active.dcgka.remove(member, rng)?;
+        let seq = reply.seq;
+        active.forget_departed();
+        let mut staged = Staged::empty(self.clone());
+        group.send_replies(
+            vec![reply],
+            vec![(seq, update)],
+            None,
+            None,
+            &mut staged,
+            rng,
+        )?;
+        staged.events.push(Event::MemberRemoved {
+            by: self.me,
+            member,
+        });
+        staged.group = group;
+        Ok(staged)
+    }
+
+    /// Adds the owner of `bundle` (verified here). The Add carries the welcome; it goes to the
+    /// group and directly to the new member.
+    pub fn add(
+        &self,
+        device: &Device,
+        bundle: &PrekeyBundle,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Staged, GroupError> {
+        bundle
+            .verify()
+            .map_err(|_| GroupError::BadBundle(bundle.identity))?;
+        let mut group = self.clone();
+        let active = group.active_mut()?;
+        let (mut reply, core, update) = active.dcgka.add(bundle, rng)?;
+        let member = bundle.identity;
+        active.verifying_keys.set(member, 0, VerifyingKey(member.0));
+        active.clock.insert(member, 0);
+        let seq = reply.seq;
+        if let Control::Add { welcome, .. } = &mut reply.control {
+            // Filled in by send_replies once the new signing key exists.
+            *welcome = Some(Box::new(Welcome {
+                core,
+                clock: BTreeMap::new(),
+                verifying_keys: BTreeMap::new(),
+            }));
+        }
+        let mut staged = Staged::empty(self.clone());
+        group.send_replies(
+            vec![reply],
+            vec![(seq, update)],
+            Some(member),
+            Some(&device.identity),
+            &mut staged,
+            rng,
+        )?;
+        staged.events.push(Event::MemberAdded {
+            by: self.me,
+            member,
+        });
+        staged.group = group;
+        Ok(staged)
+    }
+
+    /// Encrypts an application message to the current members.
+    pub fn send(&self, plaintext: &[u8], rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
+        let _ = rng;
+        if plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(GroupError::PlaintextTooLarge(plaintext.len()));
+        }
+        let mut group = self.clone();
+        let me = self.me;
+        let id = self.id;
+        let active = group.active_mut()?;
+        let chains = active.chains.entry(me).or_default();
+        let (epoch, index, key) = chains
+            .next_sending_key()
+            .map_err(|e| GroupError::Ratchet(e.to_string()))?;
+        let bytes = envelope::seal_application(&id, &me, &active.signing_key, epoch, index, |ad| {
+            key.seal(ad, plaintext)
+        });
+        let mut staged = Staged::empty(self.clone());
+        staged.outbox.push(Outgoing {
+            bytes,
+            welcome_for: None,
+        });
+        staged.group = group;
+        Ok(staged)
+    }
+
+    // ----- joining ----------------------------------------------------------------------
+
+    /// Starts this device's state from the envelope that made it a member: the group's Create
+    /// (for an initial member) or an Add carrying its welcome.
+    pub fn join(
+        device: &Device,
+        id: GroupId,
+        bytes: Vec<u8>,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Staged, ReceiveError> {
+        let unverified = Unverified::<Envelope>::parse(bytes)?;
+        let Position::Control { seq, rotate, .. } = unverified.position().clone() else {
+            return Err(ReceiveError::NotMyWelcome);
+        };
+        let control = Control::decode(&mut Reader::new(unverified.unverified_payload()))?;
+        let me = device.id();
+        let sender_short = unverified.sender();
+        match control {
+            Control::Create { members, seeds } => {
+                let creator = members
+                    .iter()
+                    .find(|b| b.identity.short() == sender_short)
+                    .ok_or(ReceiveError::NotAMember)?
+                    .identity;
+                for bundle in &members {
+                    bundle.verify().map_err(|_| ReceiveError::NotAMember)?;
+                }
+                let envelope = unverified.verify(&id, &VerifyingKey(creator.0))?;
+                let _ = envelope;
+                let op = OpId {
+                    sender: creator,
+                    seq,
+                };
+                let (dcgka, outcome) =
+                    Dcgka::from_create(me, id, op, &members, &seeds, &device.prekeys, rng)?;
+                let mut verifying_keys = KeyHistory::default();
+                for member in dcgka.members() {
+                    verifying_keys.set(member, 0, VerifyingKey(member.0));
+                }
+                if let Some(key) = rotate {
+                    verifying_keys.set(creator, seq, key);
+                }
+                let mut clock: BTreeMap<MemberId, u64> =
+                    dcgka.members().into_iter().map(|m| (m, 0)).collect();
+                clock.insert(creator, seq);
+                Self::start(device, id, dcgka, verifying_keys, clock, op, outcome, rng)
+            }
+            Control::Add {
+                member,
+                welcome: Some(welcome),
+            } => {
+                if member.identity != me {
+                    return Err(ReceiveError::NotMyWelcome);
+                }
+                let adder = welcome
+                    .core
+                    .directory
+                    .iter()
+                    .find(|b| b.identity.short() == sender_short)
+                    .ok_or(ReceiveError::NotAMember)?
+                    .identity;
+                unverified.verify_identity(&id, &VerifyingKey(adder.0))?;
+                let op = OpId { sender: adder, seq };
+                let (dcgka, outcome) = Dcgka::join(me, id, op, &welcome.core, &device.prekeys)?;
+                let mut clock = welcome.clock.clone();
+                clock.insert(adder, seq);
+                clock.insert(me, 0);
+                // Each key is known valid from the adder's clock for that member on.
+                let mut verifying_keys = KeyHistory::default();
+                for (member, key) in &welcome.verifying_keys {
+                    let from = clock.get(member).copied().unwrap_or(0);
+                    verifying_keys.set(*member, from, *key);
+                }
+                verifying_keys.set(me, 0, VerifyingKey(me.0));
+                Self::start(device, id, dcgka, verifying_keys, clock, op, outcome, rng)
+            }
+            _ => Err(ReceiveError::NotMyWelcome),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        device: &Device,
+        id: GroupId,
+        dcgka: Dcgka,
+        verifying_keys: KeyHistory,
+        clock: BTreeMap<MemberId, u64>,
+        op: OpId,
+        outcome: Outcome,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Staged, ReceiveError> {
+        let me = device.id();
+        let mut chains: BTreeMap<MemberId, SenderChains> = BTreeMap::new();
+        if let Some(update) = outcome.sender_update {
+            install_fresh(&mut chains, op.sender, op.seq, update);
+        }
+        let active = Active {
+            dcgka,
+            signing_key: device.identity.clone(),
+            verifying_keys,
+            clock,
+            chains,
+            buffer: DeliveryBuffer::default(),
+        };
+        let mut group = Group {
+            id,
+            me,
+            active: Some(Box::new(active)),
+        };
+        let mut staged = Staged::empty(group.clone());
+        staged.consumed_prekeys = outcome.consumed_prekeys;
+        group
+            .send_replies(
+                outcome.replies,
+                outcome.my_updates,
+                None,
+                None,
+                &mut staged,
+                rng,
+            )
+            .map_err(|e| match e {
+                GroupError::Protocol(p) => ReceiveError::Protocol(p),
+                _ => ReceiveError::Protocol(ProcessError::Internal("replying to a welcome")),
+            })?;
+        staged.events.push(Event::Joined { by: op.sender });
+        staged.group = group;
+        Ok(staged)
+    }
+
+    // ----- receiving --------------------------------------------------------------------
+
+    /// Takes one envelope from the network. If it can be delivered now it is processed (an
+    /// invalid one is an error and changes nothing); otherwise it waits in the delivery
+    /// buffer. Anything it unblocks is delivered too.
+    pub fn receive(
+        &self,
+        device: &Device,
+        bytes: Vec<u8>,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Staged, ReceiveError> {
+        if self.active.is_none() {
+            return Err(ReceiveError::NotActive);
+        }
+        let unverified = Unverified::<Envelope>::parse(bytes)?;
+        let mut group = self.clone();
+        let mut staged = Staged::empty(self.clone());
+        let mut prekeys = device.prekeys.clone();
+        match group.readiness(&unverified) {
+            Readiness::Duplicate => {
+                staged.group = group;
+                return Ok(staged);
+            }
+            Readiness::Ready(sender) => {
+                group.deliver(sender, unverified, &mut prekeys, &mut staged, rng)?;
+            }
+            Readiness::Waiting => {
+                let active = group.active.as_deref_mut().ok_or(ReceiveError::NotActive)?;
+                match active.buffer.insert(unverified) {
+                    Insert::Stored | Insert::AlreadyThere => {}
+                    Insert::Full => return Err(ReceiveError::BufferFull),
+                }
+            }
+        }
+        group.drain(&mut prekeys, &mut staged, rng);
+        staged.group = group;
+        Ok(staged)
+    }
+
+    /// Delivers buffered envelopes that became ready, until none is.
+    fn drain(
+        &mut self,
+        prekeys: &mut DevicePrekeys,
+        staged: &mut Staged,
+        rng: &mut impl CryptoRng,
+    ) {
+        loop {
+            let Some(active) = self.active.as_deref_mut() else {
+                return;
+            };
+            let candidates = active.buffer.take_all();
+            let mut progressed = false;
+            let mut keep = Vec::new();
+            for envelope in candidates {
+                if self.active.is_none() {
+                    return;
+                }
+                match self.readiness(&envelope) {
+                    Readiness::Duplicate => progressed = true,
+                    Readiness::Waiting => keep.push(envelope),
+                    Readiness::Ready(sender) => {
+                        progressed = true;
+                        let short = envelope.sender();
+                        let mut attempt = self.clone();
+                        let mut attempt_staged = Staged::empty(self.clone());
+                        match attempt.deliver(sender, envelope, prekeys, &mut attempt_staged, rng) {
+                            Ok(()) => {
+                                *self = attempt;
+                                staged.absorb(attempt_staged);
+                            }
+                            Err(error) => staged.events.push(Event::Rejected {
+                                sender: short,
+                                reason: error.to_string(),
+                            }),
+                        }
+                    }
+                }
+            }
+            if let Some(active) = self.active.as_deref_mut() {
+                for envelope in keep {
+                    let _ = active.buffer.insert(envelope);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn readiness(&self, envelope: &Unverified<Envelope>) -> Readiness {
+        let Some(active) = self.active.as_deref() else {
+            return Readiness::Duplicate;
+        };
+        let Some(sender) = active.resolve(envelope.sender()) else {
+            return Readiness::Waiting;
+        };
+        let delivered = active.clock.get(&sender).copied().unwrap_or(0);
+        match envelope.position() {
+            Position::Control {
+                seq,
+                dependencies,
+                sent: (sent_epoch, sent_count),
+                ..
+            } => {
+                if *seq <= delivered || sender == self.me {
+                    return Readiness::Duplicate;
+                }
+                if *seq != delivered + 1 {
+                    return Readiness::Waiting;
+                }
+                // The sender's application messages before this control message come first,
+                // so that the keys of their epoch can go once this message replaces it.
+                if let Some(chains) = active.chains.get(&sender)
+                    && !chains.all_used_below(*sent_epoch, *sent_count)
+                {
+                    return Readiness::Waiting;
+                }
+                for (dep, dep_seq) in dependencies {
+                    let ready = active
+                        .resolve(*dep)
+                        .and_then(|m| active.clock.get(&m))
+                        .is_some_and(|c| c >= dep_seq);
+                    if !ready {
+                        return Readiness::Waiting;
+                    }
+                }
+                Readiness::Ready(sender)
+            }
+            Position::Application { epoch, .. } => {
+                let superseded = active
+                    .chains
+                    .get(&sender)
+                    .and_then(SenderChains::newest_epoch)
+                    .is_some_and(|newest| *epoch < newest);
+                // Messages of an epoch older than the sender's newest were all delivered before
+                // the newer epoch began (see the control case), so this is a replay.
+                if sender == self.me || superseded {
+                    Readiness::Duplicate
+                } else if *epoch <= delivered {
+                    Readiness::Ready(sender)
+                } else {
+                    Readiness::Waiting
+                }
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        sender: MemberId,
+        unverified: Unverified<Envelope>,
+        prekeys: &mut DevicePrekeys,
+        staged: &mut Staged,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(), ReceiveError> {
+        let id = self.id;
+        let me = self.me;
+        let active = self.active.as_deref_mut().ok_or(ReceiveError::NotActive)?;
+        let key = match unverified.position() {
+            Position::Control { seq, .. } => active.verifying_keys.for_control(&sender, *seq),
+            Position::Application { epoch, .. } => {
+                active.verifying_keys.for_application(&sender, *epoch)
+            }
+        };
+        let Some(key) = key else {
+            return match unverified.position() {
+                // Sent with a key older than any kept here: from before this member joined, or
+                // long superseded; it could not be read anyway.
+                Position::Application { epoch, index } => {
+                    staged.events.push(Event::Unreadable {
+                        sender,
+                        epoch: *epoch,
+                        index: *index,
+                    });
+                    Ok(())
+                }
+                Position::Control { .. } => Err(ReceiveError::NotAMember),
+            };
+        };
+        let envelope = unverified.verify(&id, &key)?;
+        match envelope.position().clone() {
+            Position::Application { epoch, index } => {
+                // A member removed here may have sent this before it learned of its removal;
+                // its keys are gone (spec §12.7), so it is unreadable, not an error.
+                let Some(chains) = active
+                    .chains
+                    .get_mut(&sender)
+                    .filter(|_| active.dcgka.members().contains(&sender))
+                else {
+                    staged.events.push(Event::Unreadable {
+                        sender,
+                        epoch,
+                        index,
+                    });
+                    return Ok(());
+                };
+                let message_key = match chains.receiving_key(epoch, index) {
+                    Ok(key) => key,
+                    // A replay: the key was deleted when the message was first read.
+                    Err(crate::message_ratchet::RatchetError::AlreadyUsed { .. }) => return Ok(()),
+                    Err(crate::message_ratchet::RatchetError::UnknownEpoch { .. }) => {
+                        staged.events.push(Event::Unreadable {
+                            sender,
+                            epoch,
+                            index,
+                        });
+                        return Ok(());
+                    }
+                    Err(e) => return Err(ReceiveError::Undecryptable(e.to_string())),
+                };
+                let ad = envelope.associated_data(&id, &sender);
+                let plaintext = message_key
+                    .open(&ad, envelope.payload())
+                    .map_err(|e| ReceiveError::Undecryptable(e.to_string()))?;
+                staged.events.push(Event::Message {
+                    sender,
+                    epoch,
+                    index,
+                    plaintext,
+                });
+                Ok(())
+            }
+            Position::Control {
+                seq,
+                dependencies,
+                rotate,
+                ..
+            } => {
+                let control = {
+                    let mut r = Reader::new(envelope.payload());
+                    let control = Control::decode(&mut r)?;
+                    r.finish()?;
+                    control
+                };
+                if rotate.is_some() != control.rotates_signing_key() {
+                    return Err(ReceiveError::OutOfOrder(
+                        "key rotation does not fit the message",
+                    ));
+                }
+                let acked = match dependencies.first() {
+                    Some((short, dep_seq)) => Some(OpId {
+                        sender: active.resolve(*short).ok_or(ReceiveError::NotAMember)?,
+                        seq: *dep_seq,
+                    }),
+                    None => None,
+                };
+                let before = active.dcgka.members();
+                let outcome = active
+                    .dcgka
+                    .process(sender, seq, acked, &control, prekeys, rng)?;
+                active.clock.insert(sender, seq);
+                if let Some(key) = rotate {
+                    active.verifying_keys.set(sender, seq, key);
+                }
+                if let Control::Add { member, .. } = &control {
+                    active.verifying_keys.set_if_absent(
+                        member.identity,
+                        0,
+                        VerifyingKey(member.identity.0),
+                    );
+                    active.clock.entry(member.identity).or_insert(0);
+                }
+                if let Some(update) = outcome.sender_update {
+                    // Every message of the sender's previous epochs that this member can read
+                    // was delivered before this one (see `readiness`): drop those keys.
+                    install_fresh(&mut active.chains, sender, seq, update);
+                }
+                for id in &outcome.consumed_prekeys {
+                    prekeys.remove_one_time(*id);
+                }
+                staged.consumed_prekeys.extend(&outcome.consumed_prekeys);
+                if outcome.removed_me {
+                    self.active = None;
+                    staged.events.push(Event::RemovedMe { by: sender });
+                    return Ok(());
+                }
+                let after = active.dcgka.members();
+                for member in after.difference(&before) {
+                    staged.events.push(Event::MemberAdded {
+                        by: sender,
+                        member: *member,
+                    });
+                }
+                for member in before.difference(&after) {
+                    staged.events.push(Event::MemberRemoved {
+                        by: sender,
+                        member: *member,
+                    });
+                }
+                if matches!(control, Control::Update { .. }) {
+                    staged.events.push(Event::KeyUpdated { member: sender });
+                }
+                active.forget_departed();
+                let _ = me;
+                self.send_replies(outcome.replies, outcome.my_updates, None, None, staged, rng)
+                    .map_err(|e| match e {
+                        GroupError::Protocol(p) => ReceiveError::Protocol(p),
+                        _ => ReceiveError::Protocol(ProcessError::Internal("replying")),
+                    })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Signs my control messages (rotating the signing key where the message calls for it),
+    /// installs my new update secrets and queues the envelopes.
+    fn send_replies(
+        &mut self,
+        replies: Vec<Reply>,
+        updates: Vec<(u64, Secret)>,
+        welcome_for: Option<MemberId>,
+        identity: Option<&SigningKey>,
+        staged: &mut Staged,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(), GroupError> {
+        let id = self.id;
+        let me = self.me;
+        let active = self.active.as_deref_mut().ok_or(GroupError::NotActive)?;
+        for mut reply in replies {
+            let old_key = active.signing_key.clone();
+            let rotate = if reply.control.rotates_signing_key() {
+                let new_key = SigningKey::generate(rng);
+                let verifying = new_key.verifying_key();
+                active.verifying_keys.set(me, reply.seq, verifying);
+                active.signing_key = new_key;
+                Some(verifying)
+            } else {
+                None
+            };
+            active.clock.insert(me, reply.seq);
+            let sent = active
+                .chains
+                .get(&me)
+                .and_then(SenderChains::sending_position)
+                .unwrap_or((0, 0));
+            let identity_signer = if let Control::Add {
+                welcome: Some(welcome),
+                ..
+            } = &mut reply.control
+            {
+                welcome.clock = active.clock.clone();
+                welcome.verifying_keys = active.verifying_keys.current();
+                identity
+            } else {
+                None
+            };
+            let dependencies: Vec<(ShortId, u64)> = reply
+                .acked
+                .iter()
+                .map(|op| (op.sender.short(), op.seq))
+                .collect();
+            let mut payload = Writer::new();
+            reply.control.encode(&mut payload);
+            let bytes = envelope::seal_control(
+                &id,
+                me.short(),
+                &old_key,
+                reply.seq,
+                sent,
+                &dependencies,
+                rotate.as_ref(),
+                payload.as_bytes(),
+                identity_signer,
+            );
+            staged.outbox.push(Outgoing {
+                bytes,
+                welcome_for: if matches!(reply.control, Control::Add { .. }) {
+                    welcome_for
+                } else {
+                    None
+                },
+            });
+        }
+        for (seq, update) in updates {
+            install_fresh(&mut active.chains, me, seq, update);
+        }
+        Ok(())
+    }
+}
+
+/// Replaces a member's chains by one new epoch. Epochs of one sender increase with its control
+/// seq, so the install cannot be refused.
+fn install_fresh(
+    chains: &mut BTreeMap<MemberId, SenderChains>,
+    member: MemberId,
+    epoch: u64,
+    update: Secret,
+) {
+    let mut fresh = SenderChains::new();
+    let _ = fresh.install(epoch, update);
+    chains.insert(member, fresh);
+}
+
+/// Most signature keys kept per member: the current one and a few before it, for application
+/// messages signed just before a rotation and delivered after it.
+const MAX_KEPT_KEYS_PER_MEMBER: usize = 4;
+
+/// Each member's signature verification keys, by the control seq from which each is valid.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct KeyHistory(BTreeMap<MemberId, BTreeMap<u64, VerifyingKey>>);
+
+impl KeyHistory {
+    fn set(&mut self, member: MemberId, from: u64, key: VerifyingKey) {
+        let keys = self.0.entry(member).or_default();
+        keys.insert(from, key);
+        while keys.len() > MAX_KEPT_KEYS_PER_MEMBER {
+            keys.pop_first();
+        }
+    }
+
+    fn set_if_absent(&mut self, member: MemberId, from: u64, key: VerifyingKey) {
+        if !self.0.contains_key(&member) {
+            self.set(member, from, key);
+        }
+    }
+
+    /// A control message at `seq` is signed with the key in force before it.
+    fn for_control(&self, member: &MemberId, seq: u64) -> Option<VerifyingKey> {
+        let keys = self.0.get(member)?;
+        keys.range(..seq).next_back().map(|(_, key)| *key)
+    }
+
+    /// An application message of `epoch` is signed with the key in force after that seq.
+    fn for_application(&self, member: &MemberId, epoch: u64) -> Option<VerifyingKey> {
+        let keys = self.0.get(member)?;
+        keys.range(..=epoch).next_back().map(|(_, key)| *key)
+    }
+
+    fn current(&self) -> BTreeMap<MemberId, VerifyingKey> {
+        self.0
+            .iter()
+            .filter_map(|(m, keys)| keys.values().next_back().map(|k| (*m, *k)))
+            .collect()
+    }
+}
+
+enum Readiness {
+    Ready(MemberId),
+    Waiting,
+    Duplicate,
+}
+
+impl Active {
+    fn resolve(&self, short: ShortId) -> Option<MemberId> {
+        let mut found = self.dcgka.directory().keys().filter(|m| m.short() == short);
+        let first = found.next().copied();
+        // Adds that would create a collision are refused, so a second match cannot occur.
+        first
+    }
+
+    fn forget_departed(&mut self) {
+        for member in self.dcgka.departed() {
+            if let Some(chains) = self.chains.get_mut(member) {
+                chains.clear();
+            }
+            self.chains.remove(member);
+        }
+    }
+}
+
+impl Staged {
+    fn empty(group: Group) -> Self {
+        Self {
+            group,
+            outbox: Vec::new(),
+            events: Vec::new(),
+            consumed_prekeys: Vec::new(),
+        }
+    }
+
+    fn absorb(&mut self, other: Staged) {
+        self.outbox.extend(other.outbox);
+        self.events.extend(other.events);
+        self.consumed_prekeys.extend(other.consumed_prekeys);
+    }
+}
