@@ -5,6 +5,7 @@
 //! it away on error, so a failure here never leaves a half-processed state behind.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -66,10 +67,12 @@ pub struct Dcgka {
     me: MemberId,
     group: GroupId,
     my_seq: u64,
-    history: History,
+    // Shared behind `Arc`s: a staged copy of the state then costs a few reference counts
+    // instead of a deep copy, and only what an operation changes is copied.
+    history: Arc<History>,
     /// Signed prekeys of every member ever named, for first contact.
-    directory: BTreeMap<MemberId, PrekeyBundle>,
-    sessions: BTreeMap<MemberId, TwoPartySession>,
+    directory: Arc<BTreeMap<MemberId, PrekeyBundle>>,
+    sessions: BTreeMap<MemberId, Arc<TwoPartySession>>,
     member_secrets: BTreeMap<(OpId, MemberId), Secret>,
     ratchets: BTreeMap<MemberId, Secret>,
     /// Members whose ratchets were deleted on removal: never recreated (spec §12.7).
@@ -82,7 +85,7 @@ impl Dcgka {
     }
 
     /// The membership over everything processed here (`member_view(me)` of the paper).
-    pub fn members(&self) -> BTreeSet<MemberId> {
+    pub fn members(&self) -> &BTreeSet<MemberId> {
         self.history.current_members()
     }
 
@@ -118,8 +121,8 @@ impl Dcgka {
             me,
             group,
             my_seq: 0,
-            history: History::new(),
-            directory: BTreeMap::new(),
+            history: Arc::new(History::new()),
+            directory: Arc::new(BTreeMap::new()),
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
@@ -135,14 +138,15 @@ impl Dcgka {
             members.push(without_one_time(bundle));
         }
         for bundle in &members {
-            state.directory.insert(bundle.identity, bundle.clone());
+            Arc::make_mut(&mut state.directory).insert(bundle.identity, bundle.clone());
         }
         let ids: BTreeSet<MemberId> = others.iter().map(|b| b.identity).collect();
         if ids.len() != others.len() {
             return Err(ProcessError::Invalid("a member is listed twice"));
         }
-        state.history.record_op(
-            state.op(seq),
+        let op = state.op(seq);
+        Arc::make_mut(&mut state.history).record_op(
+            op,
             MembershipOp::Create {
                 members: ids.clone(),
             },
@@ -190,8 +194,9 @@ impl Dcgka {
             ));
         }
         let seq = self.next_seq();
-        self.history
-            .record_op(self.op(seq), MembershipOp::Remove { member });
+        let op = self.op(seq);
+        self.history_mut()
+            .record_op(op, MembershipOp::Remove { member });
         let recipients = self.others_in_my_view();
         let seed = Secret::random(rng);
         let seeds = self.seal_to_each(&recipients, &seed, rng)?;
@@ -239,10 +244,10 @@ impl Dcgka {
             .ok_or(ProcessError::Internal("my ratchet is missing"))?;
         let ratchet = self.seal_to(&member, &my_ratchet, rng)?;
         let op = self.op(seq);
-        self.directory.insert(member, without_one_time(bundle));
+        Arc::make_mut(&mut self.directory).insert(member, without_one_time(bundle));
         self.record_add(op, member);
         let welcome = WelcomeCore {
-            history: self.history.clone(),
+            history: (*self.history).clone(),
             directory: self.directory.values().cloned().collect(),
             ratchet,
         };
@@ -287,7 +292,7 @@ impl Dcgka {
         }
         let op = OpId { sender, seq };
         let mut outcome = Outcome::default();
-        let before = self.members();
+        let before = self.members().clone();
         match control {
             Control::Create { .. } => {
                 return Err(ProcessError::Invalid("a create can only start a group"));
@@ -296,7 +301,7 @@ impl Dcgka {
                 self.process_seed(op, seeds, prekeys, rng, &mut outcome)?;
             }
             Control::Remove { member, seeds } => {
-                self.history
+                self.history_mut()
                     .record_op(op, MembershipOp::Remove { member: *member });
                 if *member == self.me {
                     outcome.removed_me = true;
@@ -316,7 +321,7 @@ impl Dcgka {
                 self.process_add_ack(sender, seq, acked, ratchet.as_ref(), prekeys, &mut outcome)?;
             }
         }
-        let after = self.members();
+        let after = self.members().clone();
         if !after.contains(&self.me) {
             // My add was cancelled by a concurrent removal of my adder: as good as removed.
             outcome.removed_me = true;
@@ -348,11 +353,13 @@ impl Dcgka {
             me,
             group,
             my_seq: 0,
-            history: History::new(),
-            directory: members
-                .iter()
-                .map(|b| (b.identity, without_one_time(b)))
-                .collect(),
+            history: Arc::new(History::new()),
+            directory: Arc::new(
+                members
+                    .iter()
+                    .map(|b| (b.identity, without_one_time(b)))
+                    .collect(),
+            ),
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
@@ -371,9 +378,7 @@ impl Dcgka {
                 "the create does not list me and its creator",
             ));
         }
-        state
-            .history
-            .record_op(op, MembershipOp::Create { members: ids });
+        Arc::make_mut(&mut state.history).record_op(op, MembershipOp::Create { members: ids });
         let mut outcome = Outcome::default();
         state.process_seed(op, seeds, prekeys, rng, &mut outcome)?;
         Ok((state, outcome))
@@ -400,8 +405,8 @@ impl Dcgka {
             me,
             group,
             my_seq: 0,
-            history: welcome.history.clone(),
-            directory,
+            history: Arc::new(welcome.history.clone()),
+            directory: Arc::new(directory),
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
@@ -494,7 +499,7 @@ impl Dcgka {
 
         let ack_seq = self.next_seq();
         // Forwarding block: members I know that the sender did not know when it sent.
-        let my_view = self.members();
+        let my_view = self.members().clone();
         let mine = self
             .member_secrets
             .get(&(op, self.me))
@@ -589,7 +594,7 @@ impl Dcgka {
         {
             return Err(ProcessError::Invalid("added member's short id collides"));
         }
-        self.directory
+        Arc::make_mut(&mut self.directory)
             .entry(member)
             .or_insert_with(|| without_one_time(bundle));
         self.record_add(op, member);
@@ -654,20 +659,25 @@ impl Dcgka {
 
     // ----- helpers ----------------------------------------------------------------------
 
+    fn history_mut(&mut self) -> &mut History {
+        Arc::make_mut(&mut self.history)
+    }
+
     fn record_add(&mut self, op: OpId, member: MemberId) {
-        self.history.record_op(op, MembershipOp::Add { member });
-        self.history.record_joined_through(member, op);
+        self.history_mut()
+            .record_op(op, MembershipOp::Add { member });
+        self.history_mut().record_joined_through(member, op);
     }
 
     /// Acks of creates, adds and removes are membership information; acks of updates are not.
     fn record_ack_of(&mut self, acked: OpId, acker: MemberId, seq: u64) {
         if self.history.op(&acked).is_some() {
-            self.history.record_seen(acker, acked, seq);
+            self.history_mut().record_seen(acker, acked, seq);
         }
     }
 
     fn others_in_my_view(&self) -> BTreeSet<MemberId> {
-        let mut view = self.members();
+        let mut view = self.members().clone();
         view.remove(&self.me);
         view
     }
@@ -739,9 +749,9 @@ impl Dcgka {
     }
 
     fn open_session(&mut self, bundle: &PrekeyBundle) {
-        self.sessions
-            .entry(bundle.identity)
-            .or_insert_with(|| TwoPartySession::new(bundle.signed_prekey, bundle.one_time));
+        self.sessions.entry(bundle.identity).or_insert_with(|| {
+            Arc::new(TwoPartySession::new(bundle.signed_prekey, bundle.one_time))
+        });
     }
 
     fn session(&mut self, peer: &MemberId) -> Result<&mut TwoPartySession, ProcessError> {
@@ -752,10 +762,11 @@ impl Dcgka {
                 .map(|b| b.signed_prekey)
                 .ok_or(ProcessError::UnknownMember(*peer))?;
             self.sessions
-                .insert(*peer, TwoPartySession::new(prekey, None));
+                .insert(*peer, Arc::new(TwoPartySession::new(prekey, None)));
         }
         self.sessions
             .get_mut(peer)
+            .map(Arc::make_mut)
             .ok_or(ProcessError::Internal("session vanished"))
     }
 

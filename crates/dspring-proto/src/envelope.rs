@@ -16,7 +16,7 @@
 use core::ops::Range;
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::identity::{self, Signature, SignatureError, SigningKey, VerifyingKey};
+use crate::identity::{self, ParsedKey, Signature, SignatureError, SigningKey, VerifyingKey};
 use crate::ids::{GroupId, SHORT_ID_LEN, ShortId};
 
 /// Version of this envelope format.
@@ -183,9 +183,9 @@ impl Unverified<Envelope> {
     }
 
     /// Checks the signature by the sender's current group signing key.
-    pub fn verify(self, group: &GroupId, key: &VerifyingKey) -> Result<Envelope, SignatureError> {
+    pub fn verify(self, group: &GroupId, key: &ParsedKey) -> Result<Envelope, SignatureError> {
         let message = signing_input(SIGNATURE_DOMAIN, group, self.0.signed());
-        identity::verify(key, &message, &self.0.signature)?;
+        key.verify(&message, &self.0.signature)?;
         Ok(self.0)
     }
 

@@ -3,6 +3,7 @@
 //! caller persists atomically before acting on it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,9 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::control::{Control, Welcome};
 use crate::dcgka::{Dcgka, Outcome, ProcessError, Reply};
 use crate::envelope::{self, Envelope, MAX_PLAINTEXT_LEN, Position, Unverified};
-use crate::identity::{DevicePrekeys, PrekeyBundle, SignatureError, SigningKey, VerifyingKey};
+use crate::identity::{
+    DevicePrekeys, ParsedKey, PrekeyBundle, SignatureError, SigningKey, VerifyingKey,
+};
 use crate::ids::{GroupId, MemberId, OpId, ShortId};
 use crate::message_ratchet::SenderChains;
 use crate::secret::Secret;
@@ -166,7 +169,8 @@ struct Active {
     verifying_keys: KeyHistory,
     /// Delivered control seq per sender.
     clock: BTreeMap<MemberId, u64>,
-    chains: BTreeMap<MemberId, SenderChains>,
+    /// Per-sender chains behind `Arc`s, so that staging a copy of the state is cheap.
+    chains: BTreeMap<MemberId, Arc<SenderChains>>,
     buffer: DeliveryBuffer,
 }
 
@@ -196,7 +200,7 @@ impl Group {
     pub fn members(&self) -> BTreeSet<MemberId> {
         self.active
             .as_ref()
-            .map(|a| a.dcgka.members())
+            .map(|a| a.dcgka.members().clone())
             .unwrap_or_default()
     }
 
@@ -230,6 +234,15 @@ impl Group {
         postcard::from_bytes(rest).map_err(|_| DecodeError::Invalid("group state"))
     }
 
+    /// An inactive copy of the identity of this group, to stand in until a result is ready.
+    fn shell(&self) -> Group {
+        Group {
+            id: self.id,
+            me: self.me,
+            active: None,
+        }
+    }
+
     fn active_mut(&mut self) -> Result<&mut Active, GroupError> {
         self.active.as_deref_mut().ok_or(GroupError::NotActive)
     }
@@ -253,8 +266,8 @@ impl Group {
         let mut verifying_keys = KeyHistory::default();
         let mut clock = BTreeMap::new();
         for member in dcgka.members() {
-            verifying_keys.set(member, 0, VerifyingKey(member.0));
-            clock.insert(member, 0);
+            verifying_keys.set(*member, 0, VerifyingKey(member.0));
+            clock.insert(*member, 0);
         }
         let active = Active {
             dcgka,
@@ -269,7 +282,7 @@ impl Group {
             me,
             active: Some(Box::new(active)),
         };
-        let mut staged = Staged::empty(group.clone());
+        let mut staged = Staged::empty(group.shell());
         group.send_replies(vec![reply], vec![(1, update)], None, None, &mut staged, rng)?;
         staged.group = group;
         staged.events.push(Event::Joined { by: me });
@@ -282,7 +295,7 @@ impl Group {
         let active = group.active_mut()?;
         let (reply, update) = active.dcgka.update(rng)?;
         let seq = reply.seq;
-        let mut staged = Staged::empty(self.clone());
+        let mut staged = Staged::empty(self.shell());
         group.send_replies(
             vec![reply],
             vec![(seq, update)],
@@ -302,7 +315,7 @@ impl Group {
         let (reply, update) = active.dcgka.remove(member, rng)?;
         let seq = reply.seq;
         active.forget_departed();
-        let mut staged = Staged::empty(self.clone());
+        let mut staged = Staged::empty(self.shell());
         group.send_replies(
             vec![reply],
             vec![(seq, update)],
@@ -345,7 +358,7 @@ impl Group {
                 verifying_keys: BTreeMap::new(),
             }));
         }
-        let mut staged = Staged::empty(self.clone());
+        let mut staged = Staged::empty(self.shell());
         group.send_replies(
             vec![reply],
             vec![(seq, update)],
@@ -372,14 +385,14 @@ impl Group {
         let me = self.me;
         let id = self.id;
         let active = group.active_mut()?;
-        let chains = active.chains.entry(me).or_default();
+        let chains = Arc::make_mut(active.chains.entry(me).or_default());
         let (epoch, index, key) = chains
             .next_sending_key()
             .map_err(|e| GroupError::Ratchet(e.to_string()))?;
         let bytes = envelope::seal_application(&id, &me, &active.signing_key, epoch, index, |ad| {
             key.seal(ad, plaintext)
         });
-        let mut staged = Staged::empty(self.clone());
+        let mut staged = Staged::empty(self.shell());
         staged.outbox.push(Outgoing {
             bytes,
             welcome_for: None,
@@ -415,7 +428,8 @@ impl Group {
                 for bundle in &members {
                     bundle.verify().map_err(|_| ReceiveError::NotAMember)?;
                 }
-                let envelope = unverified.verify(&id, &VerifyingKey(creator.0))?;
+                let creator_key = ParsedKey::parse(VerifyingKey(creator.0))?;
+                let envelope = unverified.verify(&id, &creator_key)?;
                 let _ = envelope;
                 let op = OpId {
                     sender: creator,
@@ -425,13 +439,13 @@ impl Group {
                     Dcgka::from_create(me, id, op, &members, &seeds, &device.prekeys, rng)?;
                 let mut verifying_keys = KeyHistory::default();
                 for member in dcgka.members() {
-                    verifying_keys.set(member, 0, VerifyingKey(member.0));
+                    verifying_keys.set(*member, 0, VerifyingKey(member.0));
                 }
                 if let Some(key) = rotate {
                     verifying_keys.set(creator, seq, key);
                 }
                 let mut clock: BTreeMap<MemberId, u64> =
-                    dcgka.members().into_iter().map(|m| (m, 0)).collect();
+                    dcgka.members().iter().map(|m| (*m, 0)).collect();
                 clock.insert(creator, seq);
                 Self::start(device, id, dcgka, verifying_keys, clock, op, outcome, rng)
             }
@@ -480,7 +494,7 @@ impl Group {
         rng: &mut impl CryptoRng,
     ) -> Result<Staged, ReceiveError> {
         let me = device.id();
-        let mut chains: BTreeMap<MemberId, SenderChains> = BTreeMap::new();
+        let mut chains: BTreeMap<MemberId, Arc<SenderChains>> = BTreeMap::new();
         if let Some(update) = outcome.sender_update {
             install_fresh(&mut chains, op.sender, op.seq, update);
         }
@@ -497,7 +511,7 @@ impl Group {
             me,
             active: Some(Box::new(active)),
         };
-        let mut staged = Staged::empty(group.clone());
+        let mut staged = Staged::empty(group.shell());
         staged.consumed_prekeys = outcome.consumed_prekeys;
         group
             .send_replies(
@@ -533,7 +547,7 @@ impl Group {
         }
         let unverified = Unverified::<Envelope>::parse(bytes)?;
         let mut group = self.clone();
-        let mut staged = Staged::empty(self.clone());
+        let mut staged = Staged::empty(self.shell());
         let mut prekeys = device.prekeys.clone();
         match group.readiness(&unverified) {
             Readiness::Duplicate => {
@@ -581,7 +595,7 @@ impl Group {
                         progressed = true;
                         let short = envelope.sender();
                         let mut attempt = self.clone();
-                        let mut attempt_staged = Staged::empty(self.clone());
+                        let mut attempt_staged = Staged::empty(self.shell());
                         match attempt.deliver(sender, envelope, prekeys, &mut attempt_staged, rng) {
                             Ok(()) => {
                                 *self = attempt;
@@ -649,7 +663,7 @@ impl Group {
                 let superseded = active
                     .chains
                     .get(&sender)
-                    .and_then(SenderChains::newest_epoch)
+                    .and_then(|c| c.newest_epoch())
                     .is_some_and(|newest| *epoch < newest);
                 // Messages of an epoch older than the sender's newest were all delivered before
                 // the newer epoch began (see the control case), so this is a replay.
@@ -704,6 +718,7 @@ impl Group {
                 let Some(chains) = active
                     .chains
                     .get_mut(&sender)
+                    .map(Arc::make_mut)
                     .filter(|_| active.dcgka.members().contains(&sender))
                 else {
                     staged.events.push(Event::Unreadable {
@@ -763,7 +778,7 @@ impl Group {
                     }),
                     None => None,
                 };
-                let before = active.dcgka.members();
+                let before = active.dcgka.members().clone();
                 let outcome = active
                     .dcgka
                     .process(sender, seq, acked, &control, prekeys, rng)?;
@@ -793,7 +808,7 @@ impl Group {
                     staged.events.push(Event::RemovedMe { by: sender });
                     return Ok(());
                 }
-                let after = active.dcgka.members();
+                let after = active.dcgka.members().clone();
                 for member in after.difference(&before) {
                     staged.events.push(Event::MemberAdded {
                         by: sender,
@@ -850,7 +865,7 @@ impl Group {
             let sent = active
                 .chains
                 .get(&me)
-                .and_then(SenderChains::sending_position)
+                .and_then(|c| c.sending_position())
                 .unwrap_or((0, 0));
             let identity_signer = if let Control::Add {
                 welcome: Some(welcome),
@@ -900,14 +915,14 @@ impl Group {
 /// Replaces a member's chains by one new epoch. Epochs of one sender increase with its control
 /// seq, so the install cannot be refused.
 fn install_fresh(
-    chains: &mut BTreeMap<MemberId, SenderChains>,
+    chains: &mut BTreeMap<MemberId, Arc<SenderChains>>,
     member: MemberId,
     epoch: u64,
     update: Secret,
 ) {
     let mut fresh = SenderChains::new();
     let _ = fresh.install(epoch, update);
-    chains.insert(member, fresh);
+    chains.insert(member, Arc::new(fresh));
 }
 
 /// Most signature keys kept per member: the current one and a few before it, for application
@@ -916,11 +931,16 @@ const MAX_KEPT_KEYS_PER_MEMBER: usize = 4;
 
 /// Each member's signature verification keys, by the control seq from which each is valid.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct KeyHistory(BTreeMap<MemberId, BTreeMap<u64, VerifyingKey>>);
+struct KeyHistory(BTreeMap<MemberId, Arc<BTreeMap<u64, ParsedKey>>>);
 
 impl KeyHistory {
+    /// Records `key` for `member` from `from` on; a key that is not a valid point is not
+    /// recorded (its messages then fail verification).
     fn set(&mut self, member: MemberId, from: u64, key: VerifyingKey) {
-        let keys = self.0.entry(member).or_default();
+        let Ok(key) = ParsedKey::parse(key) else {
+            return;
+        };
+        let keys = Arc::make_mut(self.0.entry(member).or_default());
         keys.insert(from, key);
         while keys.len() > MAX_KEPT_KEYS_PER_MEMBER {
             keys.pop_first();
@@ -934,13 +954,13 @@ impl KeyHistory {
     }
 
     /// A control message at `seq` is signed with the key in force before it.
-    fn for_control(&self, member: &MemberId, seq: u64) -> Option<VerifyingKey> {
+    fn for_control(&self, member: &MemberId, seq: u64) -> Option<ParsedKey> {
         let keys = self.0.get(member)?;
         keys.range(..seq).next_back().map(|(_, key)| *key)
     }
 
     /// An application message of `epoch` is signed with the key in force after that seq.
-    fn for_application(&self, member: &MemberId, epoch: u64) -> Option<VerifyingKey> {
+    fn for_application(&self, member: &MemberId, epoch: u64) -> Option<ParsedKey> {
         let keys = self.0.get(member)?;
         keys.range(..=epoch).next_back().map(|(_, key)| *key)
     }
@@ -948,7 +968,7 @@ impl KeyHistory {
     fn current(&self) -> BTreeMap<MemberId, VerifyingKey> {
         self.0
             .iter()
-            .filter_map(|(m, keys)| keys.values().next_back().map(|k| (*m, *k)))
+            .filter_map(|(m, keys)| keys.values().next_back().map(|k| (*m, k.bytes())))
             .collect()
     }
 }
@@ -970,7 +990,7 @@ impl Active {
     fn forget_departed(&mut self) {
         for member in self.dcgka.departed() {
             if let Some(chains) = self.chains.get_mut(member) {
-                chains.clear();
+                Arc::make_mut(chains).clear();
             }
             self.chains.remove(member);
         }

@@ -9,6 +9,7 @@
 //! incremental shortcut over-approximates under concurrency (spec §12.4).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,8 +49,12 @@ pub struct History {
     ops: BTreeMap<OpId, MembershipOp>,
     /// `seen[user][op]`: the lowest sequence number of `user` at which it had seen `op`
     /// (its own op: the op's seq; an acknowledged op: the ack's seq; joined with: 0).
-    seen: BTreeMap<MemberId, BTreeMap<OpId, u64>>,
+    seen: BTreeMap<MemberId, Arc<BTreeMap<OpId, u64>>>,
     create: Option<OpId>,
+    /// SR-DGM over the whole history, kept current by `record_op`: it changes only when an
+    /// operation is added (a later "seen" entry has a higher seq than any operation it could
+    /// order, so it never changes `≺` between recorded operations).
+    members: BTreeSet<MemberId>,
 }
 
 impl History {
@@ -79,7 +84,7 @@ impl History {
 
     /// Number of "seen" entries, a measure of the history's size.
     pub fn seen_entries(&self) -> usize {
-        self.seen.values().map(BTreeMap::len).sum()
+        self.seen.values().map(|ops| ops.len()).sum()
     }
 
     /// Every member ever named in the history (created with or added), in id order.
@@ -111,11 +116,14 @@ impl History {
         }
         self.ops.insert(id, op);
         self.record_seen(id.sender, id, id.seq);
+        self.members = self.strong_remove_dgm(|_| true);
     }
 
     /// Records that `user` had seen `op` by its sequence number `seq`.
     pub fn record_seen(&mut self, user: MemberId, op: OpId, seq: u64) {
-        let entry = self.seen.entry(user).or_default().entry(op).or_insert(seq);
+        let entry = Arc::make_mut(self.seen.entry(user).or_default())
+            .entry(op)
+            .or_insert(seq);
         *entry = (*entry).min(seq);
     }
 
@@ -166,8 +174,8 @@ impl History {
     }
 
     /// The membership over the whole history: the local member's view.
-    pub fn current_members(&self) -> BTreeSet<MemberId> {
-        self.strong_remove_dgm(|_| true)
+    pub fn current_members(&self) -> &BTreeSet<MemberId> {
+        &self.members
     }
 
     /// SR-DGM (paper Definition 6) over the operations that pass `include`.
@@ -320,7 +328,7 @@ impl History {
         for (user, seen) in &self.seen {
             w.varint(index(user));
             w.varint(seen.len() as u64);
-            for (op, seq) in seen {
+            for (op, seq) in seen.iter() {
                 w.varint(op_ids.binary_search(op).unwrap_or_default() as u64);
                 w.varint(*seq);
             }
@@ -389,10 +397,11 @@ impl History {
                     .ok_or(DecodeError::Invalid("op index out of range"))?;
                 seen.insert(op, r.varint("seen seq")?);
             }
-            if history.seen.insert(user, seen).is_some() {
+            if history.seen.insert(user, Arc::new(seen)).is_some() {
                 return Err(DecodeError::Invalid("a member's seen entries appear twice"));
             }
         }
+        history.members = history.strong_remove_dgm(|_| true);
         Ok(history)
     }
 }
@@ -430,16 +439,16 @@ mod tests {
     #[test]
     fn create_add_remove_sequentially() {
         let mut h = created(&[0, 1, 2]);
-        assert_eq!(h.current_members(), set(&[0, 1, 2]));
+        assert_eq!(*h.current_members(), set(&[0, 1, 2]));
         h.record_op(op(1, 2), MembershipOp::Add { member: id(3) });
         h.record_joined_through(id(3), op(1, 2));
-        assert_eq!(h.current_members(), set(&[0, 1, 2, 3]));
+        assert_eq!(*h.current_members(), set(&[0, 1, 2, 3]));
         assert_eq!(h.member_view(&id(3)), set(&[0, 1, 2, 3]));
         // 0 has not acked the add yet: its view does not contain 3.
         assert_eq!(h.member_view(&id(0)), set(&[0, 1, 2]));
         h.record_seen(id(0), op(1, 2), 2);
         h.record_op(op(0, 3), MembershipOp::Remove { member: id(2) });
-        assert_eq!(h.current_members(), set(&[0, 1, 3]));
+        assert_eq!(*h.current_members(), set(&[0, 1, 3]));
         assert_eq!(h.member_view(&id(0)), set(&[0, 1, 3]));
         assert_eq!(h.member_view(&id(1)), set(&[0, 1, 2, 3]));
     }
@@ -449,7 +458,7 @@ mod tests {
         let mut h = created(&[0, 1, 2]);
         h.record_op(op(0, 2), MembershipOp::Remove { member: id(1) });
         h.record_op(op(1, 2), MembershipOp::Remove { member: id(0) });
-        assert_eq!(h.current_members(), set(&[2]));
+        assert_eq!(*h.current_members(), set(&[2]));
     }
 
     #[test]
@@ -459,14 +468,14 @@ mod tests {
         h.record_op(op(1, 2), MembershipOp::Add { member: id(3) });
         h.record_joined_through(id(3), op(1, 2));
         h.record_op(op(2, 2), MembershipOp::Remove { member: id(1) });
-        assert_eq!(h.current_members(), set(&[0, 2]));
+        assert_eq!(*h.current_members(), set(&[0, 2]));
         // Had 2 seen the add before removing 1, 3 would stay.
         let mut h2 = created(&[0, 1, 2]);
         h2.record_op(op(1, 2), MembershipOp::Add { member: id(3) });
         h2.record_joined_through(id(3), op(1, 2));
         h2.record_seen(id(2), op(1, 2), 2);
         h2.record_op(op(2, 3), MembershipOp::Remove { member: id(1) });
-        assert_eq!(h2.current_members(), set(&[0, 2, 3]));
+        assert_eq!(*h2.current_members(), set(&[0, 2, 3]));
     }
 
     #[test]
@@ -479,7 +488,7 @@ mod tests {
         h.record_op(op(3, 2), MembershipOp::Add { member: id(4) });
         h.record_joined_through(id(4), op(3, 2));
         h.record_op(op(2, 2), MembershipOp::Remove { member: id(1) });
-        assert_eq!(h.current_members(), set(&[0, 2]));
+        assert_eq!(*h.current_members(), set(&[0, 2]));
     }
 
     #[test]
@@ -489,7 +498,7 @@ mod tests {
         h.record_op(op(0, 2), MembershipOp::Remove { member: id(1) });
         h.record_op(op(1, 2), MembershipOp::Add { member: id(5) });
         h.record_joined_through(id(5), op(1, 2));
-        assert_eq!(h.current_members(), set(&[0, 2]));
+        assert_eq!(*h.current_members(), set(&[0, 2]));
     }
 
     #[test]
@@ -501,7 +510,7 @@ mod tests {
         h.record_joined_through(id(3), op(1, 2));
         h.record_op(op(2, 2), MembershipOp::Remove { member: id(1) });
         assert_eq!(h.member_view(&id(4)), set(&[0, 1, 2, 4]));
-        assert_eq!(h.current_members(), set(&[0, 2, 4]));
+        assert_eq!(*h.current_members(), set(&[0, 2, 4]));
         // 4 acks the remove: now it sees 1 removed, and never sees 3.
         h.record_seen(id(4), op(2, 2), 2);
         assert_eq!(h.member_view(&id(4)), set(&[0, 2, 4]));
@@ -526,7 +535,7 @@ mod tests {
         }
         assert_eq!(a.current_members(), b.current_members());
         assert_eq!(a, b);
-        assert_eq!(a.current_members(), set(&[0, 3]));
+        assert_eq!(*a.current_members(), set(&[0, 3]));
     }
 
     #[test]
