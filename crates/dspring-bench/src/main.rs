@@ -5,6 +5,9 @@
 //!
 //! Usage: `dspring-bench [--sizes 8,16,...] [--iterations N] [--quick] [--markdown]`
 
+#[cfg(feature = "compare")]
+mod compare;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -296,6 +299,7 @@ fn measure(
 }
 
 struct Row {
+    scheme: &'static str,
     op: &'static str,
     n: usize,
     cost: Cost,
@@ -327,6 +331,7 @@ fn run(options: &Options) -> Result<Vec<Row>, String> {
         }
         let base = base.ok_or("no iterations")?;
         rows.push(Row {
+            scheme: "dspring",
             op: "create",
             n,
             cost: average(&creates),
@@ -355,12 +360,39 @@ fn run(options: &Options) -> Result<Vec<Row>, String> {
                 dec.push(d);
             }
             rows.push(Row {
+                scheme: "dspring",
                 op: name,
                 n,
                 cost: average(&costs),
                 encrypt_us: (op == Op::Message).then(|| mean(&enc)),
                 decrypt_us: (op == Op::Message).then(|| mean(&dec)),
             });
+        }
+        #[cfg(feature = "compare")]
+        for (scheme, measure) in [
+            ("openmls", compare::openmls as compare::Measure),
+            ("p2panda", compare::p2panda as compare::Measure),
+        ] {
+            for op in ["create", "update", "add", "remove", "message"] {
+                let mut costs = Vec::new();
+                let mut enc = Vec::new();
+                let mut dec = Vec::new();
+                for _ in 0..options.iterations {
+                    let (cost, e, d) =
+                        measure(op, n).map_err(|e| format!("{scheme} {op} n={n}: {e}"))?;
+                    costs.push(cost);
+                    enc.extend(e);
+                    dec.extend(d);
+                }
+                rows.push(Row {
+                    scheme,
+                    op,
+                    n,
+                    cost: average(&costs),
+                    encrypt_us: (!enc.is_empty()).then(|| mean(&enc)),
+                    decrypt_us: (!dec.is_empty()).then(|| mean(&dec)),
+                });
+            }
         }
     }
     Ok(rows)
@@ -384,7 +416,7 @@ fn print(rows: &[Row], markdown: bool) {
         .map(|r| {
             let message = r.op == "message";
             vec![
-                "dspring".to_string(),
+                r.scheme.to_string(),
                 r.op.to_string(),
                 r.n.to_string(),
                 format!("{:.3}", r.cost.sender_call_ms),
@@ -433,6 +465,45 @@ fn print(rows: &[Row], markdown: bool) {
     }
 }
 
+/// The DCGKA paper's published figures (spec §13), printed beside the measured table.
+fn print_published() {
+    println!();
+    println!(
+        "published, not measured here: DCGKA paper's Java prototype (authors' CSVs, 25 iterations)"
+    );
+    println!("total bytes on the wire        create    add  remove  update  message");
+    for (n, row) in [
+        (8, [2_562, 3_746, 2_105, 2_389, 171]),
+        (16, [5_348, 7_203, 4_649, 4_934, 171]),
+        (32, [10_916, 14_483, 9_738, 10_022, 171]),
+        (64, [22_115, 30_580, 19_914, 20_198, 171]),
+        (128, [44_454, 77_306, 40_269, 40_553, 171]),
+    ] {
+        println!(
+            "  n = {n:<3}                   {:>8} {:>6} {:>7} {:>7} {:>8}",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+    }
+    println!(
+        "CPU per client thread, ms (sender = processing the acks only; initiator's call not counted)"
+    );
+    println!("                               create    add  remove  update  message");
+    for (n, role, row) in [
+        (8, "sender", [2.68, 2.82, 2.05, 2.39, 0.07]),
+        (8, "recipient", [3.84, 4.85, 2.33, 3.01, 0.47]),
+        (64, "sender", [22.44, 25.49, 22.31, 25.31, 0.10]),
+        (64, "recipient", [24.05, 27.43, 22.94, 26.57, 0.40]),
+        (128, "sender", [57.95, 66.96, 63.68, 63.44, 0.08]),
+        (128, "recipient", [61.76, 68.85, 65.97, 66.69, 0.50]),
+    ] {
+        println!(
+            "  n = {n:<3} {role:<9}         {:>8.2} {:>6.2} {:>7.2} {:>7.2} {:>8.2}",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+    }
+    println!("application message overhead: paper 139 B (171 B for a 32-byte message)");
+}
+
 fn main() -> ExitCode {
     let options = match parse_options() {
         Ok(options) => options,
@@ -448,6 +519,7 @@ fn main() -> ExitCode {
     match run(&options) {
         Ok(rows) => {
             print(&rows, options.markdown);
+            print_published();
             ExitCode::SUCCESS
         }
         Err(message) => {

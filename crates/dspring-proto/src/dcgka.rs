@@ -292,7 +292,13 @@ impl Dcgka {
         }
         let op = OpId { sender, seq };
         let mut outcome = Outcome::default();
-        let before = self.members().clone();
+        // The view changes only when an add or remove is recorded.
+        let changes_membership = matches!(control, Control::Add { .. } | Control::Remove { .. });
+        let before = if changes_membership {
+            self.members().clone()
+        } else {
+            BTreeSet::new()
+        };
         match control {
             Control::Create { .. } => {
                 return Err(ProcessError::Invalid("a create can only start a group"));
@@ -321,20 +327,21 @@ impl Dcgka {
                 self.process_add_ack(sender, seq, acked, ratchet.as_ref(), prekeys, &mut outcome)?;
             }
         }
-        let after = self.members().clone();
-        if !after.contains(&self.me) {
+        if !self.members().contains(&self.me) {
             // My add was cancelled by a concurrent removal of my adder: as good as removed.
             outcome.removed_me = true;
             return Ok(outcome);
         }
+        let after = self.members();
         // Someone left my view, and may know my ratchet: unless this message already fed it
         // entropy they lack (a seed sent without them), refresh it now. This is the case of a
         // member added concurrently with a removal, who acks the removal without a seed.
-        if !outcome.refreshed && before.iter().any(|m| !after.contains(m)) {
+        if changes_membership && !outcome.refreshed && before.iter().any(|m| !after.contains(m)) {
             let (reply, update) = self.update(rng)?;
             outcome.my_updates.push((reply.seq, update));
             outcome.replies.push(reply);
         }
+        // Also after acks: an ack can start the ratchet of a member whose add is cancelled here.
         self.forget_departed();
         Ok(outcome)
     }

@@ -2,6 +2,7 @@
 //! returning a [`Staged`] result (the new state, what to broadcast, what happened) that the
 //! caller persists atomically before acting on it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -548,7 +549,8 @@ impl Group {
         let unverified = Unverified::<Envelope>::parse(bytes)?;
         let mut group = self.clone();
         let mut staged = Staged::empty(self.shell());
-        let mut prekeys = device.prekeys.clone();
+        // Copied only if this receive uses up a one-time prekey.
+        let mut prekeys = Cow::Borrowed(&device.prekeys);
         match group.readiness(&unverified) {
             Readiness::Duplicate => {
                 staged.group = group;
@@ -573,7 +575,7 @@ impl Group {
     /// Delivers buffered envelopes that became ready, until none is.
     fn drain(
         &mut self,
-        prekeys: &mut DevicePrekeys,
+        prekeys: &mut Cow<'_, DevicePrekeys>,
         staged: &mut Staged,
         rng: &mut impl CryptoRng,
     ) {
@@ -644,6 +646,7 @@ impl Group {
                 // The sender's application messages before this control message come first,
                 // so that the keys of their epoch can go once this message replaces it.
                 if let Some(chains) = active.chains.get(&sender)
+                    && active.dcgka.members().contains(&sender)
                     && !chains.all_used_below(*sent_epoch, *sent_count)
                 {
                     return Readiness::Waiting;
@@ -682,7 +685,7 @@ impl Group {
         &mut self,
         sender: MemberId,
         unverified: Unverified<Envelope>,
-        prekeys: &mut DevicePrekeys,
+        prekeys: &mut Cow<'_, DevicePrekeys>,
         staged: &mut Staged,
         rng: &mut impl CryptoRng,
     ) -> Result<(), ReceiveError> {
@@ -778,7 +781,13 @@ impl Group {
                     }),
                     None => None,
                 };
-                let before = active.dcgka.members().clone();
+                let changes_membership =
+                    matches!(control, Control::Add { .. } | Control::Remove { .. });
+                let before = if changes_membership {
+                    active.dcgka.members().clone()
+                } else {
+                    BTreeSet::new()
+                };
                 let outcome = active
                     .dcgka
                     .process(sender, seq, acked, &control, prekeys, rng)?;
@@ -800,7 +809,7 @@ impl Group {
                     install_fresh(&mut active.chains, sender, seq, update);
                 }
                 for id in &outcome.consumed_prekeys {
-                    prekeys.remove_one_time(*id);
+                    prekeys.to_mut().remove_one_time(*id);
                 }
                 staged.consumed_prekeys.extend(&outcome.consumed_prekeys);
                 if outcome.removed_me {
@@ -808,7 +817,11 @@ impl Group {
                     staged.events.push(Event::RemovedMe { by: sender });
                     return Ok(());
                 }
-                let after = active.dcgka.members().clone();
+                let after = if changes_membership {
+                    active.dcgka.members().clone()
+                } else {
+                    BTreeSet::new()
+                };
                 for member in after.difference(&before) {
                     staged.events.push(Event::MemberAdded {
                         by: sender,

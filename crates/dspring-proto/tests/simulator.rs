@@ -412,3 +412,13 @@ fn random_schedules_converge_and_decrypt_exactly_right() {
     let max = env_u64("DSPRING_SIM_MAX_MEMBERS", 16) as usize;
     run_schedules(count, seed, max);
 }
+
+/// Seeds that once failed, kept as regression tests whatever the default range becomes.
+/// 3: an application message signed just before a key rotation and delivered after it.
+/// 96: a member added concurrently with a removal kept an epoch the removed member knew.
+#[test]
+fn regression_seeds() {
+    for seed in [3, 96] {
+        run_schedules(1, seed, 16);
+    }
+}
