@@ -18,6 +18,7 @@ pub mod message_ratchet;
 pub mod secret;
 pub mod two_party;
 
+pub use buffer::{MAX_BUFFERED_BYTES, MAX_BUFFERED_ENVELOPES};
 pub use group::{Device, Event, Group, GroupError, Outgoing, ReceiveError, Staged};
 pub use ids::{GroupId, MemberId, OpId};
 pub use secret::Secret;

@@ -101,3 +101,55 @@ proptest! {
         let _ = Unverified::<Envelope>::parse(mutated[..position].to_vec());
     }
 }
+
+/// A member of a real group, and envelopes it has not seen yet.
+fn receiver_and_envelopes(seed: u64) -> (Device, Group, Vec<Vec<u8>>) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let devices: Vec<Device> = (0..3).map(|_| Device::generate(2, &mut rng)).collect();
+    let id = GroupId([5; 32]);
+    let bundle = |d: &Device| d.bundle(d.prekeys.one_time_ids().first().copied());
+    let created = Group::create(
+        &devices[0],
+        id,
+        &[bundle(&devices[1]), bundle(&devices[2])],
+        &mut rng,
+    )
+    .unwrap();
+    let create = created.outbox[0].bytes.clone();
+    let b = Group::join(&devices[1], id, create.clone(), &mut rng).unwrap();
+    let c = Group::join(&devices[2], id, create, &mut rng).unwrap();
+    let mut pending: Vec<Vec<u8>> = c.outbox.iter().map(|o| o.bytes.clone()).collect();
+    let a = created.group;
+    for staged in [
+        a.send(b"hello", &mut rng).unwrap(),
+        a.update(&mut rng).unwrap(),
+        a.remove(devices[2].id(), &mut rng).unwrap(),
+    ] {
+        pending.extend(staged.outbox.iter().map(|o| o.bytes.clone()));
+    }
+    (devices[1].clone(), b.group, pending)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever arrives, a member answers with a result or an error, never a panic, and its
+    /// buffer stays within its bound.
+    #[test]
+    fn receiving_mutated_envelopes_never_panics(
+        seed in 0u64..3,
+        picks in proptest::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()), 1..12),
+    ) {
+        let (device, mut group, envelopes) = receiver_and_envelopes(seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for (which, position, byte) in picks {
+            let mut bytes = which.get(&envelopes).clone();
+            let at = position.index(bytes.len());
+            bytes[at] = byte;
+            if let Ok(staged) = group.receive(&device, bytes, &mut rng) {
+                group = staged.group;
+            }
+            prop_assert!(group.buffered() <= dspring_proto::MAX_BUFFERED_ENVELOPES);
+        }
+    }
+}
