@@ -163,16 +163,18 @@ pub enum ReceiveError {
     NotMyWelcome,
 }
 
+/// A member's state. The parts sit behind `Arc`s so that staging a copy costs reference counts,
+/// and an operation copies only what it changes (a message: one sender's chains).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Active {
-    dcgka: Dcgka,
+    dcgka: Arc<Dcgka>,
     signing_key: SigningKey,
-    verifying_keys: KeyHistory,
+    verifying_keys: Arc<KeyHistory>,
     /// Delivered control seq per sender.
-    clock: BTreeMap<MemberId, u64>,
+    clock: Arc<BTreeMap<MemberId, u64>>,
     /// Per-sender chains behind `Arc`s, so that staging a copy of the state is cheap.
     chains: BTreeMap<MemberId, Arc<SenderChains>>,
-    buffer: DeliveryBuffer,
+    buffer: Arc<DeliveryBuffer>,
 }
 
 /// The state of one group at one member.
@@ -271,12 +273,12 @@ impl Group {
             clock.insert(*member, 0);
         }
         let active = Active {
-            dcgka,
+            dcgka: Arc::new(dcgka),
             signing_key: device.identity.clone(),
-            verifying_keys,
-            clock,
+            verifying_keys: Arc::new(verifying_keys),
+            clock: Arc::new(clock),
             chains: BTreeMap::new(),
-            buffer: DeliveryBuffer::default(),
+            buffer: Arc::default(),
         };
         let mut group = Group {
             id,
@@ -294,7 +296,7 @@ impl Group {
     pub fn update(&self, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
         let mut group = self.clone();
         let active = group.active_mut()?;
-        let (reply, update) = active.dcgka.update(rng)?;
+        let (reply, update) = active.dcgka_mut().update(rng)?;
         let seq = reply.seq;
         let mut staged = Staged::empty(self.shell());
         group.send_replies(
@@ -313,7 +315,7 @@ impl Group {
     pub fn remove(&self, member: MemberId, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
         let mut group = self.clone();
         let active = group.active_mut()?;
-        let (reply, update) = active.dcgka.remove(member, rng)?;
+        let (reply, update) = active.dcgka_mut().remove(member, rng)?;
         let seq = reply.seq;
         active.forget_departed();
         let mut staged = Staged::empty(self.shell());
@@ -346,10 +348,10 @@ impl Group {
             .map_err(|_| GroupError::BadBundle(bundle.identity))?;
         let mut group = self.clone();
         let active = group.active_mut()?;
-        let (mut reply, core, update) = active.dcgka.add(bundle, rng)?;
+        let (mut reply, core, update) = active.dcgka_mut().add(bundle, rng)?;
         let member = bundle.identity;
-        active.verifying_keys.set(member, 0, VerifyingKey(member.0));
-        active.clock.insert(member, 0);
+        active.keys_mut().set(member, 0, VerifyingKey(member.0));
+        active.clock_mut().insert(member, 0);
         let seq = reply.seq;
         if let Control::Add { welcome, .. } = &mut reply.control {
             // Filled in by send_replies once the new signing key exists.
@@ -500,12 +502,12 @@ impl Group {
             install_fresh(&mut chains, op.sender, op.seq, update);
         }
         let active = Active {
-            dcgka,
+            dcgka: Arc::new(dcgka),
             signing_key: device.identity.clone(),
-            verifying_keys,
-            clock,
+            verifying_keys: Arc::new(verifying_keys),
+            clock: Arc::new(clock),
             chains,
-            buffer: DeliveryBuffer::default(),
+            buffer: Arc::default(),
         };
         let mut group = Group {
             id,
@@ -561,7 +563,7 @@ impl Group {
             }
             Readiness::Waiting => {
                 let active = group.active.as_deref_mut().ok_or(ReceiveError::NotActive)?;
-                match active.buffer.insert(unverified) {
+                match active.buffer_mut().insert(unverified) {
                     Insert::Stored | Insert::AlreadyThere => {}
                     Insert::Full => return Err(ReceiveError::BufferFull),
                 }
@@ -583,7 +585,10 @@ impl Group {
             let Some(active) = self.active.as_deref_mut() else {
                 return;
             };
-            let candidates = active.buffer.take_all();
+            if active.buffer.len() == 0 {
+                return;
+            }
+            let candidates = active.buffer_mut().take_all();
             let mut progressed = false;
             let mut keep = Vec::new();
             for envelope in candidates {
@@ -613,7 +618,7 @@ impl Group {
             }
             if let Some(active) = self.active.as_deref_mut() {
                 for envelope in keep {
-                    let _ = active.buffer.insert(envelope);
+                    let _ = active.buffer_mut().insert(envelope);
                 }
             }
             if !progressed {
@@ -789,19 +794,19 @@ impl Group {
                     BTreeSet::new()
                 };
                 let outcome = active
-                    .dcgka
+                    .dcgka_mut()
                     .process(sender, seq, acked, &control, prekeys, rng)?;
-                active.clock.insert(sender, seq);
+                active.clock_mut().insert(sender, seq);
                 if let Some(key) = rotate {
-                    active.verifying_keys.set(sender, seq, key);
+                    active.keys_mut().set(sender, seq, key);
                 }
                 if let Control::Add { member, .. } = &control {
-                    active.verifying_keys.set_if_absent(
+                    active.keys_mut().set_if_absent(
                         member.identity,
                         0,
                         VerifyingKey(member.identity.0),
                     );
-                    active.clock.entry(member.identity).or_insert(0);
+                    active.clock_mut().entry(member.identity).or_insert(0);
                 }
                 if let Some(update) = outcome.sender_update {
                     // Every message of the sender's previous epochs that this member can read
@@ -868,13 +873,13 @@ impl Group {
             let rotate = if reply.control.rotates_signing_key() {
                 let new_key = SigningKey::generate(rng);
                 let verifying = new_key.verifying_key();
-                active.verifying_keys.set(me, reply.seq, verifying);
+                active.keys_mut().set(me, reply.seq, verifying);
                 active.signing_key = new_key;
                 Some(verifying)
             } else {
                 None
             };
-            active.clock.insert(me, reply.seq);
+            active.clock_mut().insert(me, reply.seq);
             let sent = active
                 .chains
                 .get(&me)
@@ -885,7 +890,7 @@ impl Group {
                 ..
             } = &mut reply.control
             {
-                welcome.clock = active.clock.clone();
+                welcome.clock = (*active.clock).clone();
                 welcome.verifying_keys = active.verifying_keys.current();
                 identity
             } else {
@@ -993,6 +998,22 @@ enum Readiness {
 }
 
 impl Active {
+    fn dcgka_mut(&mut self) -> &mut Dcgka {
+        Arc::make_mut(&mut self.dcgka)
+    }
+
+    fn keys_mut(&mut self) -> &mut KeyHistory {
+        Arc::make_mut(&mut self.verifying_keys)
+    }
+
+    fn clock_mut(&mut self) -> &mut BTreeMap<MemberId, u64> {
+        Arc::make_mut(&mut self.clock)
+    }
+
+    fn buffer_mut(&mut self) -> &mut DeliveryBuffer {
+        Arc::make_mut(&mut self.buffer)
+    }
+
     fn resolve(&self, short: ShortId) -> Option<MemberId> {
         let mut found = self.dcgka.directory().keys().filter(|m| m.short() == short);
         let first = found.next().copied();
@@ -1001,10 +1022,8 @@ impl Active {
     }
 
     fn forget_departed(&mut self) {
+        // Dropping the last reference zeroizes the keys (`Secret` does on drop).
         for member in self.dcgka.departed() {
-            if let Some(chains) = self.chains.get_mut(member) {
-                Arc::make_mut(chains).clear();
-            }
             self.chains.remove(member);
         }
     }

@@ -27,6 +27,7 @@ pub const MAX_SKIPPED_KEYS: usize = 2_000;
 pub const MAX_LIVE_EPOCHS: usize = 2;
 
 const CHAIN_LABEL: &[u8] = b"dspring/v1/fs-aead/chain";
+const INIT_LABEL: &[u8] = b"dspring/v1/fs-aead/init";
 const KEY_LABEL: &[u8] = b"dspring/v1/fs-aead/key";
 const NONCE_LEN: usize = 12;
 
@@ -155,14 +156,19 @@ impl SenderChains {
         if self.newest_epoch().is_some_and(|newest| epoch <= newest) {
             return Err(RatchetError::StaleEpoch { epoch });
         }
+        // k_0 is bound to its epoch, so that one update secret can never start two chains.
+        let mut head = [0u8; SECRET_LEN];
+        let hk = Hkdf::<Sha256>::new(None, update_secret.expose());
+        let _ = hk.expand_multi_info(&[INIT_LABEL, &epoch.to_be_bytes()], &mut head);
         self.epochs.insert(
             epoch,
             Chain {
                 next_index: 0,
-                head: Some(update_secret),
+                head: Some(Secret::from_bytes(head)),
                 skipped: BTreeMap::new(),
             },
         );
+        head.zeroize();
         let live: Vec<Epoch> = self
             .epochs
             .keys()
