@@ -65,3 +65,33 @@ impl DeliveryBuffer {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::seal_application;
+    use crate::identity::SigningKey;
+    use crate::ids::{GroupId, MemberId};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn the_buffer_refuses_beyond_its_bound_and_keeps_one_envelope_per_slot() {
+        let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+        let sender = MemberId(key.verifying_key().0);
+        let envelope = |index| {
+            let bytes =
+                seal_application(&GroupId([1; 32]), &sender, &key, 9, index, |_| vec![0; 16]);
+            Unverified::<Envelope>::parse(bytes).unwrap()
+        };
+        let mut buffer = DeliveryBuffer::default();
+        for index in 0..MAX_BUFFERED_ENVELOPES as u64 {
+            assert!(matches!(buffer.insert(envelope(index)), Insert::Stored));
+        }
+        assert!(matches!(buffer.insert(envelope(0)), Insert::AlreadyThere));
+        assert!(matches!(buffer.insert(envelope(u64::MAX)), Insert::Full));
+        assert_eq!(buffer.len(), MAX_BUFFERED_ENVELOPES);
+        assert_eq!(buffer.take_all().len(), MAX_BUFFERED_ENVELOPES);
+        assert_eq!(buffer.len(), 0);
+    }
+}

@@ -319,3 +319,94 @@ pub fn seal_application(
     w.raw(&signature.0);
     w.into_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::MemberId;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const GROUP: GroupId = GroupId([1; 32]);
+
+    fn key() -> (SigningKey, ParsedKey) {
+        let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+        let parsed = ParsedKey::parse(key.verifying_key()).unwrap();
+        (key, parsed)
+    }
+
+    #[test]
+    fn control_round_trip_and_signature_binding() {
+        let (key, parsed) = key();
+        let sender = MemberId(key.verifying_key().0).short();
+        let new_key = VerifyingKey([9; 32]);
+        let bytes = seal_control(
+            &GROUP,
+            sender,
+            &key,
+            7,
+            (3, 2),
+            &[(sender, 6)],
+            Some(&new_key),
+            b"payload",
+            None,
+        );
+        let parsed_envelope = Unverified::<Envelope>::parse(bytes.clone()).unwrap();
+        assert_eq!(
+            parsed_envelope.position(),
+            &Position::Control {
+                seq: 7,
+                sent: (3, 2),
+                dependencies: vec![(sender, 6)],
+                rotate: Some(new_key)
+            }
+        );
+        let verified = parsed_envelope.clone().verify(&GROUP, &parsed).unwrap();
+        assert_eq!(verified.payload(), b"payload");
+        // The signature binds the group, which is not sent.
+        assert!(parsed_envelope.verify(&GroupId([2; 32]), &parsed).is_err());
+    }
+
+    #[test]
+    fn application_envelope_overhead_is_91_bytes_for_small_numbers() {
+        let (key, parsed) = key();
+        let sender = MemberId(key.verifying_key().0);
+        let bytes = seal_application(&GROUP, &sender, &key, 5, 9, |_| vec![0u8; 32 + 16]);
+        assert_eq!(bytes.len() - 32, 91);
+        let envelope = Unverified::<Envelope>::parse(bytes)
+            .unwrap()
+            .verify(&GROUP, &parsed)
+            .unwrap();
+        assert_eq!(
+            envelope.position(),
+            &Position::Application { epoch: 5, index: 9 }
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        let (key, _) = key();
+        let sender = MemberId(key.verifying_key().0);
+        let good = seal_application(&GROUP, &sender, &key, 1, 1, |_| vec![0u8; 20]);
+        let mut wrong_version = good.clone();
+        wrong_version[0] = (2 << 4) | 1;
+        assert_eq!(
+            Unverified::<Envelope>::parse(wrong_version).err(),
+            Some(DecodeError::UnsupportedVersion(2))
+        );
+        let mut flags_on_application = good.clone();
+        flags_on_application[0] |= FLAG_ROTATE;
+        assert!(Unverified::<Envelope>::parse(flags_on_application).is_err());
+        for cut in 0..good.len() - 20 {
+            assert!(
+                Unverified::<Envelope>::parse(good[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let too_long = vec![0x11; MAX_ENVELOPE_LEN + 1];
+        assert!(matches!(
+            Unverified::<Envelope>::parse(too_long),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+}
