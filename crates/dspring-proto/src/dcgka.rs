@@ -75,7 +75,7 @@ pub struct Dcgka {
     sessions: BTreeMap<MemberId, Arc<TwoPartySession>>,
     member_secrets: BTreeMap<(OpId, MemberId), Secret>,
     ratchets: BTreeMap<MemberId, Secret>,
-    /// Members whose ratchets were deleted on removal: never recreated (spec §12.7).
+    /// Members who left my view: their application messages are refused (spec §12.7).
     departed: BTreeSet<MemberId>,
 }
 
@@ -419,6 +419,7 @@ impl Dcgka {
             ratchets: BTreeMap::new(),
             departed: BTreeSet::new(),
         };
+        state.history_mut().record_joined_through(me, add);
         if !state.members().contains(&me) {
             return Err(ProcessError::Invalid(
                 "the welcome's history does not make me a member",
@@ -561,6 +562,11 @@ impl Dcgka {
         prekeys: &DevicePrekeys,
         outcome: &mut Outcome,
     ) -> Result<(), ProcessError> {
+        if seq == 1
+            && matches!(self.history.op(&acked), Some(MembershipOp::Add { member }) if *member == acker)
+        {
+            self.history_mut().record_joined_through(acker, acked);
+        }
         self.record_ack_of(acked, acker, seq);
         let secret = match self.member_secrets.remove(&(acked, acker)) {
             Some(secret) => secret,
@@ -654,9 +660,7 @@ impl Dcgka {
             && let Some(ciphertext) = ratchet
         {
             let their_ratchet = self.open_from(&acker, ciphertext, prekeys, outcome)?;
-            if !self.departed.contains(&acker) {
-                self.ratchets.insert(acker, their_ratchet);
-            }
+            self.ratchets.insert(acker, their_ratchet);
         }
         if self.history.member_view(&acker).contains(&self.me) {
             outcome.sender_update = self.step(&acker, ADD_INPUT);
@@ -670,10 +674,12 @@ impl Dcgka {
         Arc::make_mut(&mut self.history)
     }
 
+    /// Records an add. What the added member inherits through the welcome is recorded only
+    /// when it is known which add it joined through (its first message acks that add): a member
+    /// added twice concurrently joins through whichever welcome reaches it first.
     fn record_add(&mut self, op: OpId, member: MemberId) {
         self.history_mut()
             .record_op(op, MembershipOp::Add { member });
-        self.history_mut().record_joined_through(member, op);
     }
 
     /// Acks of creates, adds and removes are membership information; acks of updates are not.
@@ -710,7 +716,7 @@ impl Dcgka {
 
     /// `update_ratchet(member, input)`: `None` for a member whose ratchet was deleted.
     /// Steps an existing ratchet; `None` (and no change) if this member's ratchet is unknown
-    /// here or was deleted.
+    /// here.
     fn step(&mut self, member: &MemberId, input: &[u8]) -> Option<Secret> {
         if !self.ratchets.contains_key(member) {
             return None;
@@ -721,36 +727,30 @@ impl Dcgka {
     /// Steps a ratchet, starting it if this is its first input (a member's first ack, or the
     /// creator's create).
     fn step_or_start(&mut self, member: &MemberId, input: &[u8]) -> Option<Secret> {
-        if self.departed.contains(member) {
-            return None;
-        }
         let (update, next) = update_ratchet(self.ratchets.get(member), input);
         self.ratchets.insert(*member, next);
         Some(update)
     }
 
-    /// Members who left my view lose their ratchets, member secrets and (in `group`) their
-    /// message chains; their 2SM sessions stay, because a seed they sent concurrently with
-    /// their removal must still be processed for everyone's ratchets to agree, and the
-    /// session holds nothing that member does not already know.
+    /// Records members who left my view. Their message chains go (in `group`), so their later
+    /// application messages are refused (spec §12.7). Their outer ratchets, member secrets and
+    /// 2SM sessions stay: a control message they sent concurrently with their removal (a seed,
+    /// or an add whose welcome secret starts a new member's ratchet) must be processed the same
+    /// way by every member, whether it had already processed the removal or not, or ratchets
+    /// diverge. Keeping them leaks nothing old: a ratchet only moves forward, and the departed
+    /// member knows its own secrets anyway.
     fn forget_departed(&mut self) {
-        let view = self.members();
+        let view = self.members().clone();
         let gone: Vec<MemberId> = self
             .ratchets
             .keys()
             .filter(|m| !view.contains(m))
             .copied()
             .collect();
-        for member in gone {
-            self.ratchets.remove(&member);
-            self.departed.insert(member);
-        }
-        let departed = &self.departed;
-        self.member_secrets
-            .retain(|(_, member), _| !departed.contains(member));
+        self.departed.extend(gone);
     }
 
-    /// Members whose ratchets were deleted, for the group to delete their chains too.
+    /// Members who left my view, for the group to delete their message chains.
     pub fn departed(&self) -> &BTreeSet<MemberId> {
         &self.departed
     }
