@@ -240,7 +240,14 @@ fn update_concurrent_with_add() {
         for (from, env) in order {
             for i in 0..4 {
                 if i != from {
-                    replies.push((i, w.deliver(i, env)));
+                    let out = w.deliver(i, env);
+                    if from == 0 && i == 1 {
+                        // B's ack of A's update forwards its member secret to D exactly when B
+                        // knew D (had processed the add) and A did not.
+                        let forwards = forwards_in(&out[0]);
+                        assert_eq!(forwards, usize::from(b_sees_add_first));
+                    }
+                    replies.push((i, out));
                 }
             }
         }
@@ -248,6 +255,30 @@ fn update_concurrent_with_add() {
             w.flood(&out, from);
         }
         w.assert_converged(&[0, 1, 2, 3]);
+    }
+}
+
+/// Whether an AddAck envelope carries a ratchet (None if it is not an AddAck).
+fn add_ack_carries_ratchet(envelope: &[u8]) -> Option<bool> {
+    use dspring_proto::codec::Reader;
+    use dspring_proto::control::Control;
+    use dspring_proto::envelope::{Envelope, Unverified};
+    let parsed = Unverified::<Envelope>::parse(envelope.to_vec()).unwrap();
+    match Control::decode(&mut Reader::new(parsed.unverified_payload())).unwrap() {
+        Control::AddAck { ratchet } => Some(ratchet.is_some()),
+        _ => None,
+    }
+}
+
+/// How many forwarded member secrets an Ack envelope carries.
+fn forwards_in(envelope: &[u8]) -> usize {
+    use dspring_proto::codec::Reader;
+    use dspring_proto::control::Control;
+    use dspring_proto::envelope::{Envelope, Unverified};
+    let parsed = Unverified::<Envelope>::parse(envelope.to_vec()).unwrap();
+    match Control::decode(&mut Reader::new(parsed.unverified_payload())).unwrap() {
+        Control::Ack { forwards } => forwards.len(),
+        other => panic!("expected an ack, got {}", other.kind()),
     }
 }
 
@@ -315,7 +346,10 @@ fn add_concurrent_with_removal_of_adder() {
     let d_out = w.join(3, &add[0]);
     let mut replies = vec![(3, d_out)];
     replies.push((2, w.deliver(2, &remove[0])));
-    replies.push((2, w.deliver(2, &add[0])));
+    let c_add_ack = w.deliver(2, &add[0]);
+    // Spec §12.9: C already knows the add is cancelled, so its add-ack carries no ratchet.
+    assert_eq!(add_ack_carries_ratchet(&c_add_ack[0]), Some(false));
+    replies.push((2, c_add_ack));
     replies.push((1, w.deliver(1, &add[0])));
     replies.push((0, w.deliver(0, &remove[0])));
     replies.push((3, w.deliver(3, &remove[0])));
@@ -472,4 +506,25 @@ fn state_round_trips_through_bytes() {
     wrong_version[1] ^= 0xff;
     assert!(Group::from_bytes(&wrong_version).is_err());
     assert!(Group::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+}
+
+/// Spec §12.7: once a member's removal is processed, its messages are no longer read, even
+/// those it sends from a state that has not seen the removal.
+#[test]
+fn messages_of_a_removed_member_are_not_read() {
+    let (mut w, _) = World::new(3, 3);
+    let stale = w.group(2).clone();
+    let remove = w.remove(0, 2);
+    w.flood(&remove, 0);
+    assert!(w.members[2].removed);
+    let late = stale.send(b"still here?", &mut w.rng).unwrap();
+    for i in [0, 1] {
+        let before = w.members[i].messages.len();
+        w.deliver(i, &late.outbox[0].bytes);
+        assert_eq!(
+            w.members[i].messages.len(),
+            before,
+            "member {i} read a removed member"
+        );
+    }
 }
