@@ -444,9 +444,15 @@ impl Dcgka {
         let welcome_secret = self
             .step(&adder, WELCOME_INPUT)
             .ok_or(ProcessError::Internal("adder ratchet missing"))?;
-        self.member_secrets.insert((add, self.me), welcome_secret);
         outcome.sender_update = self.step(&adder, ADD_INPUT);
         let ack_seq = self.next_seq();
+        // Only the welcome a member joins through starts its ratchet. A second, concurrent add
+        // of the same member is acked without a ratchet step anywhere (see `process_ack`):
+        // members outside the second adder's view cannot derive its welcome secret.
+        let joining = ack_seq == 1;
+        if joining {
+            self.member_secrets.insert((add, self.me), welcome_secret);
+        }
         let mut none = Outcome::default();
         self.process_ack(
             self.me,
@@ -456,10 +462,12 @@ impl Dcgka {
             prekeys,
             &mut none,
         )?;
-        let my_update = none
-            .sender_update
-            .ok_or(ProcessError::Internal("welcome gave me no member secret"))?;
-        outcome.my_updates.push((ack_seq, my_update));
+        if joining {
+            let my_update = none
+                .sender_update
+                .ok_or(ProcessError::Internal("welcome gave me no member secret"))?;
+            outcome.my_updates.push((ack_seq, my_update));
+        }
         outcome.replies.push(Reply {
             seq: ack_seq,
             acked: Some(add),
@@ -562,12 +570,19 @@ impl Dcgka {
         prekeys: &DevicePrekeys,
         outcome: &mut Outcome,
     ) -> Result<(), ProcessError> {
-        if seq == 1
-            && matches!(self.history.op(&acked), Some(MembershipOp::Add { member }) if *member == acker)
-        {
+        let acks_own_add = matches!(
+            self.history.op(&acked),
+            Some(MembershipOp::Add { member }) if *member == acker
+        );
+        if acks_own_add && seq == 1 {
             self.history_mut().record_joined_through(acker, acked);
         }
         self.record_ack_of(acked, acker, seq);
+        if acks_own_add && seq != 1 {
+            // The ack of a second, concurrent add of the acker: no step (see `absorb_welcome`).
+            self.member_secrets.remove(&(acked, acker));
+            return Ok(());
+        }
         let secret = match self.member_secrets.remove(&(acked, acker)) {
             Some(secret) => secret,
             None => match forwards.get(&self.me.short()) {

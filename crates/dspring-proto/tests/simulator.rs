@@ -440,9 +440,11 @@ fn random_schedules_converge_and_decrypt_exactly_right() {
 ///      only the welcome it did not join through held.
 /// 5031: the same double add where one adder was removed concurrently: members that had deleted
 ///      the removed adder's ratchet could not start the new member's ratchet.
+/// 11249: a double add where a member outside the second adder's view could not follow the
+///      new member's ratchet step for the second welcome.
 #[test]
 fn regression_seeds() {
-    for seed in [3, 96, 200, 5031] {
+    for seed in [3, 96, 200, 5031, 11249] {
         run_schedules(1, seed, 16);
     }
 }
