@@ -247,7 +247,7 @@ fn measure(
             let target = members.get(n - 1).ok_or("no member to remove")?.device.id();
             group.remove(target, rng)
         }
-        Op::Message => group.send(&[0x42; 32], rng),
+        Op::Message => group.send(&[0x42; 32]),
     }
     .map_err(|e| e.to_string())?;
     let sender_call_ms = ms(start);

@@ -294,45 +294,22 @@ impl Group {
 
     /// Fresh keys for me (post-compromise security).
     pub fn update(&self, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
-        let mut group = self.clone();
-        let active = group.active_mut()?;
-        let (reply, update) = active.dcgka_mut().update(rng)?;
-        let seq = reply.seq;
-        let mut staged = Staged::empty(self.shell());
-        group.send_replies(
-            vec![reply],
-            vec![(seq, update)],
-            None,
-            None,
-            &mut staged,
-            rng,
-        )?;
-        staged.events.push(Event::KeyUpdated { member: self.me });
-        staged.group = group;
-        Ok(staged)
+        let event = Event::KeyUpdated { member: self.me };
+        self.stage_local(rng, None, event, |active, rng| {
+            Ok(active.dcgka_mut().update(rng)?)
+        })
     }
 
     pub fn remove(&self, member: MemberId, rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
-        let mut group = self.clone();
-        let active = group.active_mut()?;
-        let (reply, update) = active.dcgka_mut().remove(member, rng)?;
-        let seq = reply.seq;
-        active.forget_departed();
-        let mut staged = Staged::empty(self.shell());
-        group.send_replies(
-            vec![reply],
-            vec![(seq, update)],
-            None,
-            None,
-            &mut staged,
-            rng,
-        )?;
-        staged.events.push(Event::MemberRemoved {
+        let event = Event::MemberRemoved {
             by: self.me,
             member,
-        });
-        staged.group = group;
-        Ok(staged)
+        };
+        self.stage_local(rng, None, event, |active, rng| {
+            let done = active.dcgka_mut().remove(member, rng)?;
+            active.forget_departed();
+            Ok(done)
+        })
     }
 
     /// Adds the owner of `bundle` (verified here). The Add carries the welcome; it goes to the
@@ -346,41 +323,57 @@ impl Group {
         bundle
             .verify()
             .map_err(|_| GroupError::BadBundle(bundle.identity))?;
-        let mut group = self.clone();
-        let active = group.active_mut()?;
-        let (mut reply, core, update) = active.dcgka_mut().add(bundle, rng)?;
         let member = bundle.identity;
-        active.keys_mut().set(member, 0, VerifyingKey(member.0));
-        active.clock_mut().insert(member, 0);
+        let event = Event::MemberAdded {
+            by: self.me,
+            member,
+        };
+        let welcome = Some((member, &device.identity));
+        self.stage_local(rng, welcome, event, |active, rng| {
+            let (mut reply, core, update) = active.dcgka_mut().add(bundle, rng)?;
+            active.keys_mut().set(member, 0, VerifyingKey(member.0));
+            active.clock_mut().insert(member, 0);
+            if let Control::Add { welcome, .. } = &mut reply.control {
+                // Clock and keys are filled in by `send_replies` once the new signing key exists.
+                *welcome = Some(Box::new(Welcome {
+                    core,
+                    clock: BTreeMap::new(),
+                    verifying_keys: BTreeMap::new(),
+                }));
+            }
+            Ok((reply, update))
+        })
+    }
+
+    /// Runs one of my own operations on a copy of the state and stages the result. `welcome`
+    /// names the member an Add is for and the identity key that signs its welcome.
+    fn stage_local<R: CryptoRng>(
+        &self,
+        rng: &mut R,
+        welcome: Option<(MemberId, &SigningKey)>,
+        event: Event,
+        operation: impl FnOnce(&mut Active, &mut R) -> Result<(Reply, Secret), GroupError>,
+    ) -> Result<Staged, GroupError> {
+        let mut group = self.clone();
+        let (reply, update) = operation(group.active_mut()?, rng)?;
         let seq = reply.seq;
-        if let Control::Add { welcome, .. } = &mut reply.control {
-            // Filled in by send_replies once the new signing key exists.
-            *welcome = Some(Box::new(Welcome {
-                core,
-                clock: BTreeMap::new(),
-                verifying_keys: BTreeMap::new(),
-            }));
-        }
         let mut staged = Staged::empty(self.shell());
         group.send_replies(
             vec![reply],
             vec![(seq, update)],
-            Some(member),
-            Some(&device.identity),
+            welcome.map(|(member, _)| member),
+            welcome.map(|(_, identity)| identity),
             &mut staged,
             rng,
         )?;
-        staged.events.push(Event::MemberAdded {
-            by: self.me,
-            member,
-        });
+        staged.events.push(event);
         staged.group = group;
         Ok(staged)
     }
 
     /// Encrypts an application message to the current members.
-    pub fn send(&self, plaintext: &[u8], rng: &mut impl CryptoRng) -> Result<Staged, GroupError> {
-        let _ = rng;
+    /// Needs no randomness: the key and nonce come from the sender's chain.
+    pub fn send(&self, plaintext: &[u8]) -> Result<Staged, GroupError> {
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(GroupError::PlaintextTooLarge(plaintext.len()));
         }

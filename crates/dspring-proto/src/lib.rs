@@ -29,7 +29,7 @@
 //! alice_group = alice_group.receive(&alice, ack, &mut rng)?.group;
 //!
 //! // Alice sends; Bob decrypts.
-//! let sent = alice_group.send(b"hello, Bob", &mut rng)?;
+//! let sent = alice_group.send(b"hello, Bob")?;
 //! let received = bob_group.receive(&bob, sent.outbox[0].bytes.clone(), &mut rng)?;
 //! assert!(matches!(
 //!     &received.events[..],

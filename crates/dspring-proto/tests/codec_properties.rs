@@ -34,7 +34,7 @@ fn real_envelopes(seed: u64) -> Vec<Vec<u8>> {
         .unwrap()
         .group;
     for staged in [
-        a.send(b"hello", &mut rng).unwrap(),
+        a.send(b"hello").unwrap(),
         a.update(&mut rng).unwrap(),
         a.add(&devices[0], &bundle(&devices[2]), &mut rng).unwrap(),
         a.remove(devices[1].id(), &mut rng).unwrap(),
@@ -121,7 +121,7 @@ fn receiver_and_envelopes(seed: u64) -> (Device, Group, Vec<Vec<u8>>) {
     let mut pending: Vec<Vec<u8>> = c.outbox.iter().map(|o| o.bytes.clone()).collect();
     let a = created.group;
     for staged in [
-        a.send(b"hello", &mut rng).unwrap(),
+        a.send(b"hello").unwrap(),
         a.update(&mut rng).unwrap(),
         a.remove(devices[2].id(), &mut rng).unwrap(),
     ] {

@@ -134,7 +134,7 @@ impl World {
     }
 
     fn send(&mut self, i: usize, text: &[u8]) -> Vec<Vec<u8>> {
-        let staged = self.group(i).clone().send(text, &mut self.rng).unwrap();
+        let staged = self.group(i).clone().send(text).unwrap();
         self.commit(i, staged)
     }
 
@@ -408,7 +408,7 @@ fn tampered_and_forged_envelopes_are_rejected() {
     // A member (C) forging A's message: C's signature under A's short id.
     let forged = {
         let c_group = w.group(2).clone();
-        let staged = c_group.send(b"forged", &mut w.rng).unwrap();
+        let staged = c_group.send(b"forged").unwrap();
         let mut bytes = staged.outbox[0].bytes.clone();
         bytes[1..9].copy_from_slice(&w.id(0).short().0);
         bytes
@@ -426,7 +426,7 @@ fn non_member_envelopes_never_decrypt_and_stay_bounded() {
     let outsider = w.members[3].device.clone();
     let bundle = w.bundle(1);
     let fake = Group::create(&outsider, w.group_id, &[bundle], &mut w.rng).unwrap();
-    let message = fake.group.send(b"let me in", &mut w.rng).unwrap();
+    let message = fake.group.send(b"let me in").unwrap();
     let group = w.group(1).clone();
     let staged = group
         .receive(
@@ -517,7 +517,7 @@ fn messages_of_a_removed_member_are_not_read() {
     let remove = w.remove(0, 2);
     w.flood(&remove, 0);
     assert!(w.members[2].removed);
-    let late = stale.send(b"still here?", &mut w.rng).unwrap();
+    let late = stale.send(b"still here?").unwrap();
     for i in [0, 1] {
         let before = w.members[i].messages.len();
         w.deliver(i, &late.outbox[0].bytes);

@@ -215,7 +215,7 @@ impl Sim {
                 "{who} sends message {id} to {:?}",
                 self.names(&members)
             ));
-            group.send(&plaintext, &mut self.rng).unwrap()
+            group.send(&plaintext).unwrap()
         } else if roll < 60 {
             self.log.push(format!("{who} updates"));
             group.update(&mut self.rng).unwrap()
