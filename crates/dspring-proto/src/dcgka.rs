@@ -75,8 +75,6 @@ pub struct Dcgka {
     sessions: BTreeMap<MemberId, Arc<TwoPartySession>>,
     member_secrets: BTreeMap<(OpId, MemberId), Secret>,
     ratchets: BTreeMap<MemberId, Secret>,
-    /// Members who left my view: their application messages are refused (spec §12.7).
-    departed: BTreeSet<MemberId>,
 }
 
 impl Dcgka {
@@ -126,7 +124,6 @@ impl Dcgka {
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
-            departed: BTreeSet::new(),
         };
         let seq = state.next_seq();
         let mut members = vec![without_one_time(&my_bundle)];
@@ -201,7 +198,6 @@ impl Dcgka {
         let seed = Secret::random(rng);
         let seeds = self.seal_to_each(&recipients, &seed, rng)?;
         let update = self.absorb_own_seed(seq, &recipients, &seed);
-        self.forget_departed();
         Ok((
             Reply {
                 seq,
@@ -342,7 +338,6 @@ impl Dcgka {
             outcome.replies.push(reply);
         }
         // Also after acks: an ack can start the ratchet of a member whose add is cancelled here.
-        self.forget_departed();
         Ok(outcome)
     }
 
@@ -370,7 +365,6 @@ impl Dcgka {
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
-            departed: BTreeSet::new(),
         };
         if state.directory.len() != members.len() {
             return Err(ProcessError::Invalid("a member is listed twice"));
@@ -417,7 +411,6 @@ impl Dcgka {
             sessions: BTreeMap::new(),
             member_secrets: BTreeMap::new(),
             ratchets: BTreeMap::new(),
-            departed: BTreeSet::new(),
         };
         state.history_mut().record_joined_through(me, add);
         if !state.members().contains(&me) {
@@ -745,29 +738,6 @@ impl Dcgka {
         let (update, next) = update_ratchet(self.ratchets.get(member), input);
         self.ratchets.insert(*member, next);
         Some(update)
-    }
-
-    /// Records members who left my view. Their message chains go (in `group`), so their later
-    /// application messages are refused (spec §12.7). Their outer ratchets, member secrets and
-    /// 2SM sessions stay: a control message they sent concurrently with their removal (a seed,
-    /// or an add whose welcome secret starts a new member's ratchet) must be processed the same
-    /// way by every member, whether it had already processed the removal or not, or ratchets
-    /// diverge. Keeping them leaks nothing old: a ratchet only moves forward, and the departed
-    /// member knows its own secrets anyway.
-    fn forget_departed(&mut self) {
-        let view = self.members().clone();
-        let gone: Vec<MemberId> = self
-            .ratchets
-            .keys()
-            .filter(|m| !view.contains(m))
-            .copied()
-            .collect();
-        self.departed.extend(gone);
-    }
-
-    /// Members who left my view, for the group to delete their message chains.
-    pub fn departed(&self) -> &BTreeSet<MemberId> {
-        &self.departed
     }
 
     fn open_session(&mut self, bundle: &PrekeyBundle) {

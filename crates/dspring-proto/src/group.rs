@@ -306,9 +306,7 @@ impl Group {
             member,
         };
         self.stage_local(rng, None, event, |active, rng| {
-            let done = active.dcgka_mut().remove(member, rng)?;
-            active.forget_departed();
-            Ok(done)
+            Ok(active.dcgka_mut().remove(member, rng)?)
         })
     }
 
@@ -714,8 +712,12 @@ impl Group {
         let envelope = unverified.verify(&id, &key)?;
         match envelope.position().clone() {
             Position::Application { epoch, index } => {
-                // A member removed here may have sent this before it learned of its removal;
-                // its keys are gone (spec §12.7), so it is unreadable, not an error.
+                // Spec §12.7: a member outside my view is not read, even if it sent this before
+                // it learned of its removal (unreadable, not an error). Its ratchet and chains
+                // are kept, not deleted: with concurrent double adds a member can leave the view
+                // (its adder removed) and return (through the other add), and every member must
+                // keep processing its operations alike. They only derive keys of messages that
+                // are refused while it is out.
                 let Some(chains) = active
                     .chains
                     .get_mut(&sender)
@@ -835,7 +837,6 @@ impl Group {
                 if matches!(control, Control::Update { .. }) {
                     staged.events.push(Event::KeyUpdated { member: sender });
                 }
-                active.forget_departed();
                 let _ = me;
                 self.send_replies(outcome.replies, outcome.my_updates, None, None, staged, rng)
                     .map_err(|e| match e {
@@ -1012,13 +1013,6 @@ impl Active {
         let first = found.next().copied();
         // Adds that would create a collision are refused, so a second match cannot occur.
         first
-    }
-
-    fn forget_departed(&mut self) {
-        // Dropping the last reference zeroizes the keys (`Secret` does on drop).
-        for member in self.dcgka.departed() {
-            self.chains.remove(member);
-        }
     }
 }
 
