@@ -718,12 +718,14 @@ impl Group {
                 // (its adder removed) and return (through the other add), and every member must
                 // keep processing its operations alike. They only derive keys of messages that
                 // are refused while it is out.
-                let Some(chains) = active
-                    .chains
-                    .get_mut(&sender)
-                    .map(Arc::make_mut)
-                    .filter(|_| active.dcgka.members().contains(&sender))
-                else {
+                let in_view = active.dcgka.members().contains(&sender);
+                let mut chains = active.chains.get_mut(&sender).map(Arc::make_mut);
+                if !in_view && let Some(chains) = chains.as_mut() {
+                    // Refused, but its key is used up: the sender's later control messages wait
+                    // for its earlier messages to be delivered, and this one was.
+                    let _ = chains.receiving_key(epoch, index);
+                }
+                let Some(chains) = chains.filter(|_| in_view) else {
                     staged.events.push(Event::Unreadable {
                         sender,
                         epoch,

@@ -454,9 +454,11 @@ fn random_schedules_converge_and_decrypt_exactly_right() {
 /// 11249: a double add where a member outside the second adder's view could not follow the
 ///      new member's ratchet step for the second welcome.
 /// 21473: a double-added member left a view (its adder removed) and came back.
+/// 42238: the same, and a message refused while it was out kept its later control messages
+///      waiting forever (a refused message now uses up its key).
 #[test]
 fn regression_seeds() {
-    for seed in [3, 96, 200, 5031, 11249, 21473] {
+    for seed in [3, 96, 200, 5031, 11249, 21473, 42238] {
         run_schedules(1, seed, 16);
     }
 }
