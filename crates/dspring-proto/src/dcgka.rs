@@ -165,10 +165,7 @@ impl Dcgka {
     /// `update()`: fresh entropy for my ratchet, sent to every other member.
     pub fn update(&mut self, rng: &mut impl CryptoRng) -> Result<(Reply, Secret), ProcessError> {
         let seq = self.next_seq();
-        let recipients = self.others_in_my_view();
-        let seed = Secret::random(rng);
-        let seeds = self.seal_to_each(&recipients, &seed, rng)?;
-        let update = self.absorb_own_seed(seq, &recipients, &seed);
+        let (seeds, update) = self.seed_my_view(seq, rng)?;
         Ok((
             Reply {
                 seq,
@@ -194,10 +191,7 @@ impl Dcgka {
         let op = self.op(seq);
         self.history_mut()
             .record_op(op, MembershipOp::Remove { member });
-        let recipients = self.others_in_my_view();
-        let seed = Secret::random(rng);
-        let seeds = self.seal_to_each(&recipients, &seed, rng)?;
-        let update = self.absorb_own_seed(seq, &recipients, &seed);
+        let (seeds, update) = self.seed_my_view(seq, rng)?;
         Ok((
             Reply {
                 seq,
@@ -701,6 +695,19 @@ impl Dcgka {
         let mut view = self.members().clone();
         view.remove(&self.me);
         view
+    }
+
+    /// A fresh seed for everyone else in my view (update, remove): the direct messages that
+    /// carry it, and my update secret from it.
+    fn seed_my_view(
+        &mut self,
+        seq: u64,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(DirectMessages, Secret), ProcessError> {
+        let recipients = self.others_in_my_view();
+        let seed = Secret::random(rng);
+        let seeds = self.seal_to_each(&recipients, &seed, rng)?;
+        Ok((seeds, self.absorb_own_seed(seq, &recipients, &seed)))
     }
 
     /// My own create/update/remove: member secrets for the recipients and my update secret.

@@ -237,6 +237,30 @@ impl Group {
         postcard::from_bytes(rest).map_err(|_| DecodeError::Invalid("group state"))
     }
 
+    /// A member's state at its start (create or join).
+    fn started(
+        id: GroupId,
+        device: &Device,
+        dcgka: Dcgka,
+        verifying_keys: KeyHistory,
+        clock: BTreeMap<MemberId, u64>,
+        chains: BTreeMap<MemberId, Arc<SenderChains>>,
+    ) -> Group {
+        let active = Active {
+            dcgka: Arc::new(dcgka),
+            signing_key: device.identity.clone(),
+            verifying_keys: Arc::new(verifying_keys),
+            clock: Arc::new(clock),
+            chains,
+            buffer: Arc::default(),
+        };
+        Group {
+            id,
+            me: device.id(),
+            active: Some(Box::new(active)),
+        }
+    }
+
     /// An inactive copy of the identity of this group, to stand in until a result is ready.
     fn shell(&self) -> Group {
         Group {
@@ -272,19 +296,7 @@ impl Group {
             verifying_keys.set(*member, 0, VerifyingKey(member.0));
             clock.insert(*member, 0);
         }
-        let active = Active {
-            dcgka: Arc::new(dcgka),
-            signing_key: device.identity.clone(),
-            verifying_keys: Arc::new(verifying_keys),
-            clock: Arc::new(clock),
-            chains: BTreeMap::new(),
-            buffer: Arc::default(),
-        };
-        let mut group = Group {
-            id,
-            me,
-            active: Some(Box::new(active)),
-        };
+        let mut group = Group::started(id, device, dcgka, verifying_keys, clock, BTreeMap::new());
         let mut staged = Staged::empty(group.shell());
         group.send_replies(vec![reply], vec![(1, update)], None, None, &mut staged, rng)?;
         staged.group = group;
@@ -487,24 +499,11 @@ impl Group {
         outcome: Outcome,
         rng: &mut impl CryptoRng,
     ) -> Result<Staged, ReceiveError> {
-        let me = device.id();
         let mut chains: BTreeMap<MemberId, Arc<SenderChains>> = BTreeMap::new();
         if let Some(update) = outcome.sender_update {
             install_fresh(&mut chains, op.sender, op.seq, update);
         }
-        let active = Active {
-            dcgka: Arc::new(dcgka),
-            signing_key: device.identity.clone(),
-            verifying_keys: Arc::new(verifying_keys),
-            clock: Arc::new(clock),
-            chains,
-            buffer: Arc::default(),
-        };
-        let mut group = Group {
-            id,
-            me,
-            active: Some(Box::new(active)),
-        };
+        let mut group = Group::started(id, device, dcgka, verifying_keys, clock, chains);
         let mut staged = Staged::empty(group.shell());
         staged.consumed_prekeys = outcome.consumed_prekeys;
         group
