@@ -67,6 +67,12 @@ pub enum Event {
         index: u64,
         plaintext: Vec<u8>,
     },
+    /// My own application message, as sent (for the local conversation view).
+    Sent {
+        epoch: u64,
+        index: u64,
+        plaintext: Vec<u8>,
+    },
     /// I am now a member (through a create or a welcome).
     Joined {
         by: MemberId,
@@ -119,6 +125,12 @@ pub struct Staged {
     pub events: Vec<Event>,
     /// One-time prekeys of this device used by this step: delete them with the commit.
     pub consumed_prekeys: Vec<u32>,
+    /// Envelopes from others that this step verified and delivered (in delivery order), as
+    /// the network carried them: the group's log, which members and mailboxes serve to
+    /// others. Envelopes still waiting in the delivery buffer are not here yet. A replay is
+    /// left out, except of a message this member cannot read (with no key it cannot tell):
+    /// deduplicate by content.
+    pub delivered: Vec<Vec<u8>>,
 }
 
 /// Misuse of the API: the caller asked for something the group cannot do.
@@ -161,6 +173,13 @@ pub enum ReceiveError {
     NotActive,
     #[error("not a welcome for this device")]
     NotMyWelcome,
+}
+
+/// Whether a verified envelope was new or a replay of one already delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    New,
+    Replay,
 }
 
 /// A member's state. The parts sit behind `Arc`s so that staging a copy costs reference counts,
@@ -403,6 +422,11 @@ impl Group {
             bytes,
             welcome_for: None,
         });
+        staged.events.push(Event::Sent {
+            epoch,
+            index,
+            plaintext: plaintext.to_vec(),
+        });
         staged.group = group;
         Ok(staged)
     }
@@ -424,7 +448,8 @@ impl Group {
         let control = Control::decode(&mut Reader::new(unverified.unverified_payload()))?;
         let me = device.id();
         let sender_short = unverified.sender();
-        match control {
+        let welcome_bytes = unverified.bytes().to_vec();
+        let started = match control {
             Control::Create { members, seeds } => {
                 let creator = members
                     .iter()
@@ -485,7 +510,10 @@ impl Group {
                 Self::start(device, id, dcgka, verifying_keys, clock, op, outcome, rng)
             }
             _ => Err(ReceiveError::NotMyWelcome),
-        }
+        };
+        let mut staged = started?;
+        staged.delivered.insert(0, welcome_bytes);
+        Ok(staged)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -676,6 +704,7 @@ impl Group {
         }
     }
 
+    /// Verifies and processes one envelope; on success it joins the step's delivered log.
     fn deliver(
         &mut self,
         sender: MemberId,
@@ -684,6 +713,21 @@ impl Group {
         staged: &mut Staged,
         rng: &mut impl CryptoRng,
     ) -> Result<(), ReceiveError> {
+        let bytes = unverified.bytes().to_vec();
+        if self.process_envelope(sender, unverified, prekeys, staged, rng)? == Delivery::New {
+            staged.delivered.push(bytes);
+        }
+        Ok(())
+    }
+
+    fn process_envelope(
+        &mut self,
+        sender: MemberId,
+        unverified: Unverified<Envelope>,
+        prekeys: &mut Cow<'_, DevicePrekeys>,
+        staged: &mut Staged,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Delivery, ReceiveError> {
         let id = self.id;
         let me = self.me;
         let active = self.active.as_deref_mut().ok_or(ReceiveError::NotActive)?;
@@ -703,7 +747,7 @@ impl Group {
                         epoch: *epoch,
                         index: *index,
                     });
-                    Ok(())
+                    Ok(Delivery::New)
                 }
                 Position::Control { .. } => Err(ReceiveError::NotAMember),
             };
@@ -722,7 +766,11 @@ impl Group {
                 if !in_view && let Some(chains) = chains.as_mut() {
                     // Refused, but its key is used up: the sender's later control messages wait
                     // for its earlier messages to be delivered, and this one was.
-                    let _ = chains.receiving_key(epoch, index);
+                    if let Err(crate::message_ratchet::RatchetError::AlreadyUsed { .. }) =
+                        chains.receiving_key(epoch, index)
+                    {
+                        return Ok(Delivery::Replay);
+                    }
                 }
                 let Some(chains) = chains.filter(|_| in_view) else {
                     staged.events.push(Event::Unreadable {
@@ -730,19 +778,21 @@ impl Group {
                         epoch,
                         index,
                     });
-                    return Ok(());
+                    return Ok(Delivery::New);
                 };
                 let message_key = match chains.receiving_key(epoch, index) {
                     Ok(key) => key,
                     // A replay: the key was deleted when the message was first read.
-                    Err(crate::message_ratchet::RatchetError::AlreadyUsed { .. }) => return Ok(()),
+                    Err(crate::message_ratchet::RatchetError::AlreadyUsed { .. }) => {
+                        return Ok(Delivery::Replay);
+                    }
                     Err(crate::message_ratchet::RatchetError::UnknownEpoch { .. }) => {
                         staged.events.push(Event::Unreadable {
                             sender,
                             epoch,
                             index,
                         });
-                        return Ok(());
+                        return Ok(Delivery::New);
                     }
                     Err(e) => return Err(ReceiveError::Undecryptable(e.to_string())),
                 };
@@ -756,7 +806,7 @@ impl Group {
                     index,
                     plaintext,
                 });
-                Ok(())
+                Ok(Delivery::New)
             }
             Position::Control {
                 seq,
@@ -816,7 +866,7 @@ impl Group {
                 if outcome.removed_me {
                     self.active = None;
                     staged.events.push(Event::RemovedMe { by: sender });
-                    return Ok(());
+                    return Ok(Delivery::New);
                 }
                 let after = if changes_membership {
                     active.dcgka.members().clone()
@@ -844,7 +894,7 @@ impl Group {
                         GroupError::Protocol(p) => ReceiveError::Protocol(p),
                         _ => ReceiveError::Protocol(ProcessError::Internal("replying")),
                     })?;
-                Ok(())
+                Ok(Delivery::New)
             }
         }
     }
@@ -1024,6 +1074,7 @@ impl Staged {
             outbox: Vec::new(),
             events: Vec::new(),
             consumed_prekeys: Vec::new(),
+            delivered: Vec::new(),
         }
     }
 
@@ -1031,5 +1082,6 @@ impl Staged {
         self.outbox.extend(other.outbox);
         self.events.extend(other.events);
         self.consumed_prekeys.extend(other.consumed_prekeys);
+        self.delivered.extend(other.delivered);
     }
 }

@@ -306,6 +306,21 @@ impl DevicePrekeys {
         self.one_time.keys().copied().collect()
     }
 
+    /// Takes the one-time prekey secrets out, for storage apart from the rest (a store keeps
+    /// each in its own row, so that using one deletes exactly that row).
+    pub fn take_one_time(&mut self) -> BTreeMap<u32, Secret> {
+        std::mem::take(&mut self.one_time)
+    }
+
+    /// Puts back a one-time prekey secret read from storage.
+    pub fn restore_one_time(&mut self, id: u32, secret: Secret) {
+        // Never hand out this id again for a new key.
+        if id >= self.next_id {
+            self.next_id = id.wrapping_add(1);
+        }
+        self.one_time.insert(id, secret);
+    }
+
     /// Deletes a one-time prekey after a committed receive used it.
     pub fn remove_one_time(&mut self, id: u32) -> bool {
         self.one_time.remove(&id).is_some()

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dspring_proto::envelope::{Envelope, Position, Unverified};
 use dspring_proto::{Device, Event, Group, GroupId, MemberId, Outgoing, Staged};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -34,6 +35,8 @@ struct Peer {
     removed: bool,
     /// Decrypted message ids, with counts.
     decrypted: BTreeMap<u64, u32>,
+    /// Envelopes the core reported delivered (its log): each at most once.
+    delivered: std::collections::HashSet<Vec<u8>>,
 }
 
 struct Sent {
@@ -75,6 +78,7 @@ impl Sim {
                 ever_joined: false,
                 removed: false,
                 decrypted: BTreeMap::new(),
+                delivered: Default::default(),
             })
             .collect();
         let ids = peers.iter().map(|p| p.device.id()).collect();
@@ -117,6 +121,31 @@ impl Sim {
     fn commit(&mut self, who: usize, staged: Staged) {
         let peer = &mut self.peers[who];
         peer.device.consume_prekeys(&staged.consumed_prekeys);
+        // Each envelope is delivered at most once, except an application message this member
+        // cannot read: with no key it cannot tell a replay (the store dedupes those by hash).
+        let unreadable: BTreeSet<(u64, u64)> = staged
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Unreadable { epoch, index, .. } => Some((*epoch, *index)),
+                _ => None,
+            })
+            .collect();
+        for envelope in &staged.delivered {
+            let position = Unverified::<Envelope>::parse(envelope.clone())
+                .unwrap()
+                .position()
+                .clone();
+            if let Position::Application { epoch, index } = position
+                && unreadable.contains(&(epoch, index))
+            {
+                continue;
+            }
+            assert!(
+                peer.delivered.insert(envelope.clone()),
+                "member {who} delivered an envelope twice: {position:?}"
+            );
+        }
         for event in &staged.events {
             match event {
                 Event::Message {
