@@ -57,7 +57,7 @@ impl Device {
 }
 
 /// Something that happened, for the application.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Event {
     /// A decrypted application message.

@@ -1,0 +1,201 @@
+//! Atomic application of core results: everything a step produced, in one transaction.
+
+use std::collections::HashMap;
+
+use dspring_proto::envelope::{Envelope, Position, Unverified};
+use dspring_proto::{Event, GroupId, Staged};
+use rusqlite::{OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+use crate::{Store, now_ms, to_sql_int};
+
+/// What one applied step added.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Event-log cursors of the step's events, in order.
+    pub cursors: Vec<u64>,
+    /// Envelopes new to the group log (replays already there are not counted).
+    pub new_envelopes: usize,
+    /// Envelopes queued in the outbox.
+    pub queued: usize,
+}
+
+/// The event-log kind of an event; application messages (0, 1) are indexed for reading.
+pub(crate) fn event_kind(event: &Event) -> i64 {
+    match event {
+        Event::Message { .. } => 0,
+        Event::Sent { .. } => 1,
+        Event::Joined { .. } => 2,
+        Event::MemberAdded { .. } => 3,
+        Event::MemberRemoved { .. } => 4,
+        Event::KeyUpdated { .. } => 5,
+        Event::RemovedMe { .. } => 6,
+        Event::Unreadable { .. } => 7,
+        Event::Rejected { .. } => 8,
+        _ => 255,
+    }
+}
+
+pub(crate) fn envelope_hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub(crate) fn group_place(group: &GroupId) -> Vec<u8> {
+    let mut place = b"groups/".to_vec();
+    place.extend_from_slice(group.as_bytes());
+    place
+}
+
+impl Store {
+    /// Commits one core step: the new group state, its envelopes (sent and delivered) in the
+    /// group log, its outbox, its events and the deletion of the one-time prekeys it used. All
+    /// or nothing; durable when this returns.
+    pub fn apply(&mut self, staged: &Staged) -> Result<Committed, StoreError> {
+        self.apply_batch(&[staged])?
+            .pop()
+            .ok_or_else(|| StoreError::invalid("empty batch"))
+    }
+
+    /// Commits several steps in one transaction (one disk sync for all). Steps of the same
+    /// group must be in the order the core produced them; only the last state of each group is
+    /// written, since the earlier ones are never visible on their own.
+    pub fn apply_batch(&mut self, batch: &[&Staged]) -> Result<Vec<Committed>, StoreError> {
+        let mut last_state: HashMap<GroupId, usize> = HashMap::new();
+        for (i, staged) in batch.iter().enumerate() {
+            last_state.insert(staged.group.id(), i);
+        }
+        let now = to_sql_int(now_ms())?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut refs: HashMap<GroupId, i64> = HashMap::new();
+        for (i, staged) in batch.iter().enumerate() {
+            let group = staged.group.id();
+            if last_state.get(&group) == Some(&i) {
+                let state = Zeroizing::new(staged.group.to_bytes().map_err(|e| {
+                    StoreError::invalid(format!("group state does not serialize: {e}"))
+                })?);
+                let sealed = self
+                    .key
+                    .seal(&group_place(&group), &state)
+                    .map_err(|e| StoreError::invalid(e.to_string()))?;
+                let id: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO groups (group_id, format_version, active, sealed_state)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(group_id) DO UPDATE SET
+                            format_version = excluded.format_version,
+                            active = excluded.active,
+                            sealed_state = excluded.sealed_state
+                         RETURNING id",
+                    )?
+                    .query_row(
+                        params![
+                            group.as_bytes(),
+                            dspring_proto::group::STATE_FORMAT_VERSION,
+                            staged.group.is_active(),
+                            sealed
+                        ],
+                        |r| r.get(0),
+                    )?;
+                refs.insert(group, id);
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for staged in batch {
+            let group = staged.group.id();
+            let group_ref = *refs
+                .get(&group)
+                .ok_or_else(|| StoreError::invalid("group row missing in batch"))?;
+            let mut committed = Committed::default();
+            for outgoing in &staged.outbox {
+                let (envelope_ref, new) = log_envelope(&tx, group_ref, &outgoing.bytes)?;
+                committed.new_envelopes += usize::from(new);
+                tx.prepare_cached(
+                    "INSERT INTO outbox (envelope_ref, welcome_for) VALUES (?1, ?2)",
+                )?
+                .execute(params![
+                    envelope_ref,
+                    outgoing.welcome_for.map(|m| m.0.to_vec())
+                ])?;
+                committed.queued += 1;
+            }
+            for bytes in &staged.delivered {
+                let (_, new) = log_envelope(&tx, group_ref, bytes)?;
+                committed.new_envelopes += usize::from(new);
+            }
+            for event in &staged.events {
+                let body = postcard::to_allocvec(event)
+                    .map_err(|e| StoreError::invalid(format!("event does not serialize: {e}")))?;
+                tx.prepare_cached(
+                    "INSERT INTO events (group_ref, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![group_ref, event_kind(event), now, body])?;
+                committed
+                    .cursors
+                    .push(u64::try_from(tx.last_insert_rowid()).unwrap_or_default());
+            }
+            for id in &staged.consumed_prekeys {
+                tx.prepare_cached("DELETE FROM one_time_prekeys WHERE id = ?1")?
+                    .execute([id])?;
+            }
+            results.push(committed);
+        }
+        tx.commit()?;
+        self.group_refs.extend(refs);
+        Ok(results)
+    }
+}
+
+/// Adds an envelope to a group's log unless it is there; returns its row and whether it is new.
+fn log_envelope(
+    tx: &Transaction<'_>,
+    group_ref: i64,
+    bytes: &[u8],
+) -> Result<(i64, bool), StoreError> {
+    let envelope = Unverified::<Envelope>::parse(bytes.to_vec())
+        .map_err(|e| StoreError::invalid(format!("the core produced a bad envelope: {e}")))?;
+    let hash = envelope_hash(bytes);
+    let sender = envelope.sender().0;
+    let (control_seq, epoch, index) = match envelope.position() {
+        Position::Control { seq, .. } => (Some(to_sql_int(*seq)?), None, None),
+        Position::Application { epoch, index } => {
+            (None, Some(to_sql_int(*epoch)?), Some(to_sql_int(*index)?))
+        }
+    };
+    let inserted: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO envelopes (group_ref, hash, sender, control_seq, epoch, idx, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(group_ref, hash) DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![group_ref, hash, sender, control_seq, epoch, index, bytes],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = inserted else {
+        let id = tx
+            .prepare_cached("SELECT id FROM envelopes WHERE group_ref = ?1 AND hash = ?2")?
+            .query_row(params![group_ref, hash], |r| r.get(0))?;
+        return Ok((id, false));
+    };
+    tx.prepare_cached(
+        "INSERT INTO sender_marks
+            (group_ref, sender, control_seq, app_epoch, app_index, envelopes)
+         VALUES (?1, ?2, coalesce(?3, 0), coalesce(?4, -1), coalesce(?5, -1), 1)
+         ON CONFLICT(group_ref, sender) DO UPDATE SET
+            control_seq = max(control_seq, excluded.control_seq),
+            app_index = CASE
+                WHEN excluded.app_epoch > app_epoch
+                  OR (excluded.app_epoch = app_epoch AND excluded.app_index > app_index)
+                THEN excluded.app_index ELSE app_index END,
+            app_epoch = max(app_epoch, excluded.app_epoch),
+            envelopes = envelopes + 1",
+    )?
+    .execute(params![group_ref, sender, control_seq, epoch, index])?;
+    Ok((id, true))
+}

@@ -1,0 +1,292 @@
+//! Digital Spring persistence: one SQLite file per node holding the device identity, prekeys,
+//! contacts, group states, the group logs, the event log, the outbox and the mailbox role.
+//!
+//! * One call, [`Store::apply`], commits everything a core step produced (new group state,
+//!   log entries, outbox, events, used prekeys) in one transaction, or nothing.
+//! * Durable on return: WAL with `synchronous = FULL`.
+//! * Forward secrecy on disk: `secure_delete` overwrites deleted rows, and
+//!   [`Store::checkpoint`] folds the write-ahead log back and truncates it, so that replaced
+//!   group states (and the keys in them) leave the files.
+//! * Secrets at rest (identity, prekeys, group states) are sealed with a key from a 0600 key
+//!   file or an Argon2id passphrase; see [`KeySource`].
+//! * Everything read back goes through bounded decoders; a bad row is a [`Corrupt`] error
+//!   naming the row, never a panic.
+//!
+//! ```
+//! use dspring_proto::{Device, Group, GroupId};
+//! use dspring_store::Store;
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut rng = ChaCha20Rng::seed_from_u64(1);
+//! let mut store = Store::open(dir.path(), None)?;
+//! let alice = Device::generate(2, &mut rng);
+//! store.create_device(&alice)?;
+//!
+//! let bob = Device::generate(2, &mut rng);
+//! let staged = Group::create(&alice, GroupId([9; 32]), &[bob.bundle(None)], &mut rng)?;
+//! let staged = staged.group.send(b"hello")?;
+//! store.apply(&staged)?;
+//!
+//! let stored = store.group(&GroupId([9; 32]))?.expect("stored");
+//! assert_eq!(stored.members().len(), 2);
+//! assert_eq!(store.outbox(10)?.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+mod apply;
+mod at_rest;
+mod contacts;
+mod device;
+mod error;
+mod log;
+mod mailbox;
+mod schema;
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use dspring_proto::{GroupId, Secret};
+use rusqlite::{Connection, OptionalExtension, limits::Limit};
+
+pub use apply::Committed;
+pub use at_rest::{
+    ARGON2_LANES, ARGON2_MEMORY_KIB, ARGON2_PASSES, KEY_LEN, KeySource, MAX_ARGON2_MEMORY_KIB,
+};
+pub use contacts::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN};
+pub use error::{Corrupt, OpenError, StoreError};
+pub use log::{LogEntry, OutboxEntry, SenderMark, StoredEvent};
+pub use mailbox::MailboxGroup;
+pub use schema::SCHEMA_VERSION;
+
+use at_rest::{PassphraseParams, StoreKey};
+
+/// The database file in a node's data directory.
+pub const DATABASE_FILE: &str = "dspring.sqlite3";
+/// The key file beside it (when no passphrase is set).
+pub const KEY_FILE: &str = "store.key";
+/// Largest value SQLite will hold or hand back (a group state, an envelope): bigger than any
+/// legitimate one (envelopes stop at 4 MiB), small enough that a corrupt row cannot make a
+/// read allocate without bound.
+pub const MAX_VALUE_BYTES: i32 = 64 << 20;
+/// Most rows one page of a read returns: callers page through longer ranges.
+pub const MAX_PAGE: usize = 1000;
+/// The write-ahead log is cut back to this size after a checkpoint, so that old page images
+/// (with replaced keys) do not linger in a long tail of the file.
+pub const WAL_SIZE_LIMIT_BYTES: i64 = 0;
+/// How long a write waits for another connection's lock before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+const KEY_CHECK_PLACE: &[u8] = b"meta/key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"dspring store key check";
+
+/// A node's store. Single writer: the node's actor owns it.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    key: StoreKey,
+    path: PathBuf,
+    /// Group id to local row id, for the groups committed so far.
+    group_refs: HashMap<GroupId, i64>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in the data directory `dir`: [`DATABASE_FILE`], sealed with
+    /// the key in [`KEY_FILE`], or with a key derived from `passphrase` if one is given.
+    pub fn open(dir: &Path, passphrase: Option<Secret>) -> Result<Self, OpenError> {
+        let key = match passphrase {
+            Some(passphrase) => KeySource::Passphrase(passphrase),
+            None => KeySource::KeyFile(dir.join(KEY_FILE)),
+        };
+        Self::open_with(&dir.join(DATABASE_FILE), key)
+    }
+
+    /// Opens (or creates) the database at `path` with the given key source.
+    pub fn open_with(path: &Path, key: KeySource) -> Result<Self, OpenError> {
+        let io = |action: &'static str, at: &Path| {
+            let at = at.to_path_buf();
+            move |source| OpenError::Io {
+                action,
+                path: at,
+                source,
+            }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io("creating directory", dir))?;
+        }
+        if !path.exists() {
+            // Created private before SQLite opens it; SQLite gives its -wal and -shm files the
+            // same mode.
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io("creating database", path)(e)),
+            }
+        }
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        let key = unlock(&conn, key)?;
+        let mut store = Self {
+            conn,
+            key,
+            path: path.to_path_buf(),
+            group_refs: HashMap::new(),
+        };
+        store.load_group_refs()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies the write-ahead log into the database and truncates it. Until this runs, page
+    /// images of replaced rows (older group states) may remain in the `-wal` file; call it
+    /// when idle and before shutdown. SQLite also checkpoints by itself every 1000 pages.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn load_group_refs(&mut self) -> Result<(), OpenError> {
+        let mut statement = self.conn.prepare("SELECT id, group_id FROM groups")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?;
+        for row in rows {
+            let (id, group) = row?;
+            let group = group_id_from(&group, "groups", id)?;
+            self.group_refs.insert(group, id);
+        }
+        Ok(())
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: one fsync per commit; FULL: a commit is durable when it returns.
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL;
+         PRAGMA secure_delete = ON;
+         PRAGMA foreign_keys = ON;
+         PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
+    ))?;
+    Ok(())
+}
+
+/// Derives or reads the store key, and checks it against the database's key check value.
+fn unlock(conn: &Connection, source: KeySource) -> Result<StoreKey, OpenError> {
+    let check: Option<Vec<u8>> = meta(conn, "key_check")?;
+    let params: Option<Vec<u8>> = meta(conn, "argon2")?;
+    let params = params
+        .map(|bytes| {
+            postcard::from_bytes::<PassphraseParams>(&bytes)
+                .ok()
+                .filter(PassphraseParams::within_bounds)
+                .ok_or_else(|| Corrupt::new("meta", "argon2", "bad passphrase parameters"))
+        })
+        .transpose()?;
+    let fresh = check.is_none();
+    let key = match (source, params) {
+        (KeySource::KeyFile(path), None) => at_rest::key_from_file(&path, fresh)?,
+        (KeySource::KeyFile(_), Some(_)) => return Err(OpenError::PassphraseRequired),
+        (KeySource::Passphrase(_), None) if !fresh => {
+            return Err(OpenError::NotPassphraseProtected);
+        }
+        (KeySource::Passphrase(passphrase), params) => {
+            let params = match params {
+                Some(params) => params,
+                None => {
+                    let params =
+                        PassphraseParams::new_random().map_err(|source| OpenError::Io {
+                            action: "generating a salt for",
+                            path: PathBuf::from("the database"),
+                            source,
+                        })?;
+                    let bytes = postcard::to_allocvec(&params)
+                        .map_err(|e| Corrupt::new("meta", "argon2", e))?;
+                    set_meta(conn, "argon2", &bytes)?;
+                    params
+                }
+            };
+            at_rest::key_from_passphrase(&passphrase, &params)
+                .map_err(|e| Corrupt::new("meta", "argon2", e))?
+        }
+    };
+    match check {
+        Some(sealed) => {
+            key.open(KEY_CHECK_PLACE, &sealed)
+                .map_err(|_| OpenError::WrongKey)?;
+        }
+        None => {
+            let sealed = key
+                .seal(KEY_CHECK_PLACE, KEY_CHECK_PLAINTEXT)
+                .map_err(|e| Corrupt::new("meta", "key_check", e))?;
+            set_meta(conn, "key_check", &sealed)?;
+        }
+    }
+    Ok(key)
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Lowercase hex, for naming rows in errors.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn group_id_from(
+    bytes: &[u8],
+    table: &'static str,
+    row: i64,
+) -> Result<GroupId, Corrupt> {
+    <[u8; 32]>::try_from(bytes)
+        .map(GroupId)
+        .map_err(|_| Corrupt::new(table, format!("row {row}"), "group id is not 32 bytes"))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// SQLite integers are signed 64-bit; counters and positions beyond that are refused rather
+/// than wrapped.
+pub(crate) fn to_sql_int(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::invalid("value exceeds 2^63"))
+}
+
+pub(crate) fn from_sql_int(value: i64, table: &'static str, key: &str) -> Result<u64, Corrupt> {
+    u64::try_from(value).map_err(|_| Corrupt::new(table, key, "negative value"))
+}

@@ -1,0 +1,288 @@
+//! Reading back: group states, group logs, sender marks, messages, the event log, the outbox.
+
+use dspring_proto::ids::ShortId;
+use dspring_proto::{Event, Group, GroupId, MemberId};
+use rusqlite::{OptionalExtension, params};
+
+use crate::apply::{envelope_hash, group_place};
+use crate::error::{Corrupt, StoreError};
+use crate::{MAX_PAGE, Store, from_sql_int, group_id_from, hex, to_sql_int};
+
+/// An event from the local event log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the event log: increasing, never reused, survives restarts.
+    pub cursor: u64,
+    pub group: GroupId,
+    /// When it was committed (Unix milliseconds, local clock).
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+/// An envelope of a group log, with its local position for paging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub id: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The highest positions held of one sender in one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderMark {
+    pub sender: ShortId,
+    /// Highest control seq held (0: none).
+    pub control_seq: u64,
+    /// Highest application (epoch, index) held.
+    pub application: Option<(u64, u64)>,
+    /// Envelopes of this sender in the log.
+    pub envelopes: u64,
+}
+
+/// An envelope waiting to be handed to the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: u64,
+    pub group: GroupId,
+    pub bytes: Vec<u8>,
+    /// Also deliver directly to this member (it is being added).
+    pub welcome_for: Option<MemberId>,
+}
+
+fn page(limit: usize) -> i64 {
+    i64::try_from(limit.min(MAX_PAGE)).unwrap_or(0)
+}
+
+impl Store {
+    pub(crate) fn group_ref(&self, group: &GroupId) -> Option<i64> {
+        self.group_refs.get(group).copied()
+    }
+
+    /// The stored state of a group, or `None` if it was never stored.
+    pub fn group(&self, group: &GroupId) -> Result<Option<Group>, StoreError> {
+        let row: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT sealed_state FROM groups WHERE group_id = ?1")?
+            .query_row([group.as_bytes()], |r| r.get(0))
+            .optional()?;
+        let Some(sealed) = row else {
+            return Ok(None);
+        };
+        let key = format!("group {}", hex(group.as_bytes()));
+        let state = self
+            .key
+            .open(&group_place(group), &sealed)
+            .map_err(|e| Corrupt::new("groups", key.clone(), e))?;
+        let group = Group::from_bytes(&state).map_err(|e| Corrupt::new("groups", key, e))?;
+        Ok(Some(group))
+    }
+
+    /// Every stored group.
+    pub fn groups(&self) -> Result<Vec<GroupId>, StoreError> {
+        let mut ids: Vec<GroupId> = self.group_refs.keys().copied().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Envelopes of a group's log after local position `after`, oldest first, at most
+    /// `limit` (and [`MAX_PAGE`]).
+    pub fn log_page(
+        &self,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(Vec::new());
+        };
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, bytes FROM envelopes WHERE group_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = statement
+            .query_map(params![group_ref, to_sql_int(after)?, page(limit)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, bytes) = row?;
+            out.push(LogEntry {
+                id: from_sql_int(id, "envelopes", &format!("row {id}"))?,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether the group log holds exactly these bytes.
+    pub fn has_envelope(&self, group: &GroupId, bytes: &[u8]) -> Result<bool, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(false);
+        };
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM envelopes WHERE group_ref = ?1 AND hash = ?2")?
+            .query_row(params![group_ref, envelope_hash(bytes)], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Per sender, the highest positions the group log holds.
+    pub fn sender_marks(&self, group: &GroupId) -> Result<Vec<SenderMark>, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(Vec::new());
+        };
+        let mut statement = self.conn.prepare_cached(
+            "SELECT sender, control_seq, app_epoch, app_index, envelopes
+             FROM sender_marks WHERE group_ref = ?1 ORDER BY sender",
+        )?;
+        let rows = statement.query_map([group_ref], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sender, control_seq, epoch, index, envelopes) = row?;
+            let key = format!("sender {}", hex(&sender));
+            let sender = <[u8; 8]>::try_from(sender.as_slice())
+                .map(ShortId)
+                .map_err(|_| Corrupt::new("sender_marks", key.clone(), "sender is not 8 bytes"))?;
+            let application = if epoch < 0 {
+                None
+            } else {
+                Some((
+                    from_sql_int(epoch, "sender_marks", &key)?,
+                    from_sql_int(index, "sender_marks", &key)?,
+                ))
+            };
+            out.push(SenderMark {
+                sender,
+                control_seq: from_sql_int(control_seq, "sender_marks", &key)?,
+                application,
+                envelopes: from_sql_int(envelopes, "sender_marks", &key)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Application messages of a group (received and sent) after event cursor `after`.
+    pub fn messages(
+        &self,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(Vec::new());
+        };
+        self.read_events(
+            "SELECT e.cursor, g.group_id, e.at_ms, e.body FROM events e
+             JOIN groups g ON g.id = e.group_ref
+             WHERE e.group_ref = ?1 AND e.kind IN (0, 1) AND e.cursor > ?2
+             ORDER BY e.cursor LIMIT ?3",
+            params![group_ref, to_sql_int(after)?, page(limit)],
+        )
+    }
+
+    /// The event log after `cursor`, oldest first: what interfaces resume from.
+    pub fn events_since(&self, cursor: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_events(
+            "SELECT e.cursor, g.group_id, e.at_ms, e.body FROM events e
+             JOIN groups g ON g.id = e.group_ref
+             WHERE e.cursor > ?1 ORDER BY e.cursor LIMIT ?2",
+            params![to_sql_int(cursor)?, page(limit)],
+        )
+    }
+
+    /// The newest event cursor (0 if there is none).
+    pub fn last_cursor(&self) -> Result<u64, StoreError> {
+        let cursor: Option<i64> =
+            self.conn
+                .query_row("SELECT max(cursor) FROM events", [], |r| r.get(0))?;
+        Ok(from_sql_int(cursor.unwrap_or(0), "events", "max cursor")?)
+    }
+
+    fn read_events(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let rows = statement.query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cursor, group, at_ms, body) = row?;
+            let key = format!("cursor {cursor}");
+            let event: Event =
+                postcard::from_bytes(&body).map_err(|e| Corrupt::new("events", key.clone(), e))?;
+            out.push(StoredEvent {
+                cursor: from_sql_int(cursor, "events", &key)?,
+                group: group_id_from(&group, "events", cursor)?,
+                at_ms: from_sql_int(at_ms, "events", &key)?,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Envelopes not yet handed to the network, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT o.id, g.group_id, e.bytes, o.welcome_for FROM outbox o
+             JOIN envelopes e ON e.id = o.envelope_ref
+             JOIN groups g ON g.id = e.group_ref
+             ORDER BY o.id LIMIT ?1",
+        )?;
+        let rows = statement.query_map([page(limit)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, group, bytes, welcome_for) = row?;
+            let key = format!("row {id}");
+            let welcome_for = welcome_for
+                .map(|m| {
+                    <[u8; 32]>::try_from(m.as_slice())
+                        .map(MemberId)
+                        .map_err(|_| {
+                            Corrupt::new("outbox", key.clone(), "member id is not 32 bytes")
+                        })
+                })
+                .transpose()?;
+            out.push(OutboxEntry {
+                id: from_sql_int(id, "outbox", &key)?,
+                group: group_id_from(&group, "outbox", id)?,
+                bytes,
+                welcome_for,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes outbox entries the network has taken. Entries not removed (a crash before this
+    /// call) are handed out again: delivery is at least once, and receivers drop replays.
+    pub fn outbox_sent(&mut self, ids: &[u64]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for id in ids {
+            tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                .execute([to_sql_int(*id)?])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

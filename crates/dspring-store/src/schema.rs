@@ -1,0 +1,163 @@
+//! The schema and its migrations. Each migration runs once, in order, in one transaction with
+//! the version bump; a database from a newer version is refused rather than misread.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::OpenError;
+
+/// Migrations in order; the schema version is the number applied. Never edit a released one:
+/// append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    -- Non-secret settings: key check value, passphrase parameters.
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+
+    -- This device: identity key and signed prekeys, sealed.
+    CREATE TABLE device (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        member_id BLOB NOT NULL,
+        sealed BLOB NOT NULL
+    );
+
+    -- One row per one-time prekey, deleted in the transaction that uses it.
+    CREATE TABLE one_time_prekeys (
+        id INTEGER PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        handed_out INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE contacts (
+        member_id BLOB PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        verified INTEGER NOT NULL,
+        addresses BLOB NOT NULL,
+        bundle BLOB,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- One row per group; `id` is the short local reference the other tables use.
+    CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        group_id BLOB NOT NULL UNIQUE,
+        format_version INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        sealed_state BLOB NOT NULL
+    );
+
+    -- The group log: every envelope sent or delivered, as the network carried it.
+    CREATE TABLE envelopes (
+        id INTEGER PRIMARY KEY,
+        group_ref INTEGER NOT NULL REFERENCES groups(id),
+        hash BLOB NOT NULL,
+        sender BLOB NOT NULL,
+        control_seq INTEGER,
+        epoch INTEGER,
+        idx INTEGER,
+        bytes BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX envelopes_by_hash ON envelopes(group_ref, hash);
+
+    -- Per group and sender: the highest positions held, for sync.
+    CREATE TABLE sender_marks (
+        group_ref INTEGER NOT NULL REFERENCES groups(id),
+        sender BLOB NOT NULL,
+        control_seq INTEGER NOT NULL,
+        app_epoch INTEGER NOT NULL,
+        app_index INTEGER NOT NULL,
+        envelopes INTEGER NOT NULL,
+        PRIMARY KEY (group_ref, sender)
+    ) WITHOUT ROWID;
+
+    -- The local event log; AUTOINCREMENT so that a cursor is never reused, even after rows
+    -- are deleted. Application messages (received and sent) are events of kinds 0 and 1.
+    CREATE TABLE events (
+        cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+        group_ref INTEGER NOT NULL REFERENCES groups(id),
+        kind INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX messages_by_group ON events(group_ref, cursor) WHERE kind IN (0, 1);
+
+    -- Envelopes not yet handed to the network (their bytes are in the log).
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        envelope_ref INTEGER NOT NULL REFERENCES envelopes(id),
+        welcome_for BLOB
+    );
+
+    -- Mailbox role: groups served and their envelopes, without any keys.
+    CREATE TABLE mailbox_groups (
+        group_id BLOB PRIMARY KEY,
+        retention_ms INTEGER NOT NULL,
+        registered_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE mailbox_envelopes (
+        id INTEGER PRIMARY KEY,
+        group_id BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        bytes BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX mailbox_by_hash ON mailbox_envelopes(group_id, hash);
+    CREATE INDEX mailbox_by_age ON mailbox_envelopes(stored_ms);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the schema up to [`SCHEMA_VERSION`]; refuses a newer one.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), OpenError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<u32> = tx
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, migration) in (1u32..).zip(MIGRATIONS).skip(found as usize) {
+        tx.execute_batch(migration)?;
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        // Idempotent.
+        migrate(&mut conn).unwrap();
+        let version: u32 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.execute("UPDATE schema_version SET version = version + 1", [])
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(OpenError::NewerSchema { found, supported })
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
+        ));
+    }
+}

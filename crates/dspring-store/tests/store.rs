@@ -1,0 +1,484 @@
+//! Every table of the store and the atomic apply, on real SQLite files.
+
+// Test code: a failed expectation is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+
+use dspring_proto::{Device, Event, Group, GroupId, Outgoing, Secret, Staged};
+use dspring_store::{
+    Contact, DATABASE_FILE, KEY_FILE, KeySource, OpenError, SCHEMA_VERSION, Store, StoreError,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const GROUP: GroupId = GroupId([7; 32]);
+
+/// Alice and Bob: Alice creates the group with Bob's one-time prekey; Bob joins.
+struct Pair {
+    rng: ChaCha20Rng,
+    alice: Device,
+    bob: Device,
+    alice_group: Group,
+    bob_group: Group,
+    create: Vec<u8>,
+    bob_join: Staged,
+}
+
+fn pair(seed: u64) -> Pair {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let alice = Device::generate(3, &mut rng);
+    let bob = Device::generate(3, &mut rng);
+    let one_time = bob.prekeys.one_time_ids()[0];
+    let created = Group::create(&alice, GROUP, &[bob.bundle(Some(one_time))], &mut rng).unwrap();
+    let create = created.outbox[0].bytes.clone();
+    let bob_join = Group::join(&bob, GROUP, create.clone(), &mut rng).unwrap();
+    let alice_group = created.group;
+    let bob_group = bob_join.group.clone();
+    Pair {
+        rng,
+        alice,
+        bob,
+        alice_group,
+        bob_group,
+        create,
+        bob_join,
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, None).unwrap()
+}
+
+#[test]
+fn a_new_store_is_private_and_reopens_with_its_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(open(&data));
+    for file in [DATABASE_FILE, KEY_FILE] {
+        let mode = std::fs::metadata(data.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    drop(open(&data));
+
+    // Without its key file the database is refused, not re-keyed.
+    std::fs::rename(data.join(KEY_FILE), dir.path().join("saved.key")).unwrap();
+    assert!(matches!(
+        Store::open(&data, None),
+        Err(OpenError::KeyFileMissing(_))
+    ));
+    // Another key is refused.
+    let other = tempfile::tempdir().unwrap();
+    drop(open(other.path()));
+    std::fs::copy(other.path().join(KEY_FILE), data.join(KEY_FILE)).unwrap();
+    assert!(matches!(Store::open(&data, None), Err(OpenError::WrongKey)));
+    std::fs::rename(dir.path().join("saved.key"), data.join(KEY_FILE)).unwrap();
+    drop(open(&data));
+}
+
+#[test]
+fn a_passphrase_store_needs_its_passphrase() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = || Some(Secret::from_bytes([42; 32]));
+    let mut store = Store::open(dir.path(), pass()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let device = Device::generate(1, &mut rng);
+    store.create_device(&device).unwrap();
+    drop(store);
+    assert!(!dir.path().join(KEY_FILE).exists());
+    assert!(matches!(
+        Store::open(dir.path(), Some(Secret::from_bytes([43; 32]))),
+        Err(OpenError::WrongKey)
+    ));
+    assert!(matches!(
+        Store::open(dir.path(), None),
+        Err(OpenError::PassphraseRequired)
+    ));
+    let store = Store::open(dir.path(), pass()).unwrap();
+    assert_eq!(store.device().unwrap().unwrap().id(), device.id());
+
+    // And a key-file store refuses a passphrase.
+    let plain = tempfile::tempdir().unwrap();
+    drop(open(plain.path()));
+    assert!(matches!(
+        Store::open(plain.path(), pass()),
+        Err(OpenError::NotPassphraseProtected)
+    ));
+}
+
+#[test]
+fn a_database_from_a_newer_version_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let raw = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    raw.execute("UPDATE schema_version SET version = 99", [])
+        .unwrap();
+    drop(raw);
+    let error = Store::open(dir.path(), None).unwrap_err();
+    assert!(matches!(
+        error,
+        OpenError::NewerSchema { found: 99, supported } if supported == SCHEMA_VERSION
+    ));
+    assert!(error.to_string().contains("upgrade"));
+}
+
+#[test]
+fn device_round_trips_and_used_prekeys_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(2);
+    let mut store = open(dir.path());
+    assert!(store.device().unwrap().is_none());
+    store.create_device(&p.bob).unwrap();
+    assert!(matches!(
+        store.create_device(&p.bob),
+        Err(StoreError::Invalid(_))
+    ));
+    let loaded = store.device().unwrap().unwrap();
+    assert_eq!(loaded.id(), p.bob.id());
+    assert_eq!(loaded.prekeys.one_time_ids(), p.bob.prekeys.one_time_ids());
+    assert_eq!(loaded.bundle(None), p.bob.bundle(None));
+
+    // Bob's join used one of his one-time prekeys: gone in the same transaction.
+    let used = p.bob_join.consumed_prekeys.clone();
+    assert_eq!(used.len(), 1);
+    store.apply(&p.bob_join).unwrap();
+    drop(store);
+    let mut store = open(dir.path());
+    let loaded = store.device().unwrap().unwrap();
+    assert!(!loaded.prekeys.one_time_ids().contains(&used[0]));
+    assert_eq!(loaded.prekeys.one_time_ids().len(), 2);
+
+    // A stale copy of the device (still holding the used key) cannot bring it back, while new
+    // keys are stored.
+    p.bob.prekeys.add_one_time(2, &mut p.rng);
+    store.save_device(&p.bob).unwrap();
+    let loaded = store.device().unwrap().unwrap();
+    assert!(!loaded.prekeys.one_time_ids().contains(&used[0]));
+    assert_eq!(loaded.prekeys.one_time_ids().len(), 4);
+
+    // Handing out: each once.
+    let mut handed = Vec::new();
+    while let Some(id) = store.hand_out_one_time_prekey().unwrap() {
+        handed.push(id);
+    }
+    handed.sort();
+    assert_eq!(handed, loaded.prekeys.one_time_ids());
+    assert_eq!(store.one_time_prekeys_available().unwrap(), 0);
+}
+
+#[test]
+fn contacts_round_trip_and_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(3);
+    let mut store = open(dir.path());
+    let contact = Contact {
+        member: p.bob.id(),
+        display_name: "Bob".into(),
+        verified: false,
+        addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        bundle: Some(p.bob.bundle(None)),
+    };
+    store.put_contact(&contact).unwrap();
+    assert_eq!(store.contact(&p.bob.id()).unwrap().unwrap(), contact);
+    assert!(store.set_contact_verified(&p.bob.id(), true).unwrap());
+    assert!(store.contact(&p.bob.id()).unwrap().unwrap().verified);
+    assert!(!store.set_contact_verified(&p.alice.id(), true).unwrap());
+    let alice = Contact {
+        member: p.alice.id(),
+        display_name: "Alice".into(),
+        verified: false,
+        addresses: vec![],
+        bundle: None,
+    };
+    store.put_contact(&alice).unwrap();
+    let names: Vec<_> = store
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.display_name)
+        .collect();
+    assert_eq!(names, ["Alice", "Bob"]);
+
+    let mut long = alice.clone();
+    long.display_name = "x".repeat(dspring_store::MAX_DISPLAY_NAME_LEN + 1);
+    assert!(matches!(
+        store.put_contact(&long),
+        Err(StoreError::Invalid(_))
+    ));
+    let mut many = alice.clone();
+    many.addresses = vec!["a".into(); dspring_store::MAX_ADDRESSES + 1];
+    assert!(matches!(
+        store.put_contact(&many),
+        Err(StoreError::Invalid(_))
+    ));
+    let mut wrong_bundle = alice.clone();
+    wrong_bundle.bundle = Some(p.bob.bundle(None));
+    assert!(matches!(
+        store.put_contact(&wrong_bundle),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(store.remove_contact(&p.alice.id()).unwrap());
+    assert!(store.contact(&p.alice.id()).unwrap().is_none());
+}
+
+#[test]
+fn apply_commits_state_log_outbox_and_events_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(4);
+    let mut store = open(dir.path());
+    store.create_device(&p.alice).unwrap();
+
+    // Alice's create, as she staged it: state, one envelope in log and outbox.
+    let created = Group::create(&p.alice, GROUP, &[p.bob.bundle(None)], &mut p.rng).unwrap();
+    let committed = store.apply(&created).unwrap();
+    assert_eq!((committed.new_envelopes, committed.queued), (1, 1));
+    let outbox = store.outbox(10).unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].group, GROUP);
+    assert_eq!(outbox[0].bytes, created.outbox[0].bytes);
+    store.outbox_sent(&[outbox[0].id]).unwrap();
+    assert!(store.outbox(10).unwrap().is_empty());
+
+    // A message both ways.
+    let alice_group = created.group;
+    let bob_join = Group::join(&p.bob, GROUP, created.outbox[0].bytes.clone(), &mut p.rng).unwrap();
+    let ack = bob_join.outbox[0].bytes.clone();
+    let received = alice_group
+        .receive(&p.alice, ack.clone(), &mut p.rng)
+        .unwrap();
+    store.apply(&received).unwrap();
+    let sent = received.group.send(b"hi Bob").unwrap();
+    let committed = store.apply(&sent).unwrap();
+    assert_eq!(committed.cursors.len(), 1);
+    let reply = bob_join.group.send(b"hi Alice").unwrap();
+    let got = sent
+        .group
+        .receive(&p.alice, reply.outbox[0].bytes.clone(), &mut p.rng)
+        .unwrap();
+    store.apply(&got).unwrap();
+    // The same envelope again: the core drops the replay, the log keeps one copy.
+    let again = got
+        .group
+        .receive(&p.alice, reply.outbox[0].bytes.clone(), &mut p.rng)
+        .unwrap();
+    assert_eq!(store.apply(&again).unwrap().new_envelopes, 0);
+    drop(store);
+
+    let store = open(dir.path());
+    let group = store.group(&GROUP).unwrap().unwrap();
+    assert_eq!(group.members(), again.group.members());
+    // The reloaded state goes on: it reads Bob's next message.
+    let next = reply.group.send(b"still here").unwrap();
+    let read = group
+        .receive(&p.alice, next.outbox[0].bytes.clone(), &mut p.rng)
+        .unwrap();
+    assert!(
+        matches!(&read.events[..], [Event::Message { plaintext, .. }] if plaintext == b"still here")
+    );
+
+    let log: Vec<Vec<u8>> = store
+        .log_page(&GROUP, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            created.outbox[0].bytes.clone(),
+            ack,
+            sent.outbox[0].bytes.clone(),
+            reply.outbox[0].bytes.clone()
+        ]
+    );
+    let paged = store.log_page(&GROUP, 0, 2).unwrap();
+    assert_eq!(paged.len(), 2);
+    assert_eq!(store.log_page(&GROUP, paged[1].id, 100).unwrap().len(), 2);
+    assert!(store.has_envelope(&GROUP, &log[3]).unwrap());
+    assert!(!store.has_envelope(&GROUP, b"nope").unwrap());
+
+    let messages: Vec<Event> = store
+        .messages(&GROUP, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.event)
+        .collect();
+    assert!(matches!(&messages[..], [
+        Event::Sent { plaintext: a, .. },
+        Event::Message { plaintext: b, sender, .. },
+    ] if a == b"hi Bob" && b == b"hi Alice" && *sender == p.bob.id()));
+
+    let events = store.events_since(0, 100).unwrap();
+    let cursors: Vec<u64> = events.iter().map(|e| e.cursor).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(store.last_cursor().unwrap(), *cursors.last().unwrap());
+    assert_eq!(
+        store.events_since(cursors[1], 100).unwrap().len(),
+        events.len() - 2
+    );
+
+    let marks = store.sender_marks(&GROUP).unwrap();
+    let bob_mark = marks
+        .iter()
+        .find(|m| m.sender == p.bob.id().short())
+        .unwrap();
+    assert_eq!(bob_mark.envelopes, 2);
+    assert_eq!(bob_mark.control_seq, 1);
+    assert!(bob_mark.application.is_some());
+    assert_eq!(store.groups().unwrap(), vec![GROUP]);
+}
+
+#[test]
+fn cursors_are_never_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(5);
+    let mut store = open(dir.path());
+    store.apply(&p.bob_join).unwrap();
+    let first = store.last_cursor().unwrap();
+    drop(store);
+    let mut store = open(dir.path());
+    let sent = p.bob_group.send(b"x").unwrap();
+    let committed = store.apply(&sent).unwrap();
+    assert!(committed.cursors[0] > first);
+}
+
+#[test]
+fn a_failing_batch_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(6);
+    let mut store = open(dir.path());
+    store.create_device(&p.bob).unwrap();
+    let prekeys_before = store.device().unwrap().unwrap().prekeys.one_time_ids();
+    let good = &p.bob_join;
+    let mut bad = p.bob_group.send(b"doomed").unwrap();
+    bad.outbox.push(Outgoing {
+        bytes: b"not an envelope".to_vec(),
+        welcome_for: None,
+    });
+    assert!(store.apply_batch(&[good, &bad]).is_err());
+    assert!(store.group(&GROUP).unwrap().is_none());
+    assert!(store.outbox(10).unwrap().is_empty());
+    assert!(store.log_page(&GROUP, 0, 10).unwrap().is_empty());
+    assert_eq!(store.last_cursor().unwrap(), 0);
+    // The join's prekey deletion was rolled back with the rest.
+    assert_eq!(
+        store.device().unwrap().unwrap().prekeys.one_time_ids(),
+        prekeys_before
+    );
+    // And the good step alone commits.
+    store.apply(good).unwrap();
+    assert!(store.group(&GROUP).unwrap().is_some());
+    let _ = &mut p.rng;
+}
+
+#[test]
+fn a_batch_keeps_the_last_state_of_each_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(7);
+    let mut store = open(dir.path());
+    let one = p.bob_group.send(b"1").unwrap();
+    let two = one.group.send(b"2").unwrap();
+    let three = two.group.send(b"3").unwrap();
+    let results = store.apply_batch(&[&one, &two, &three]).unwrap();
+    assert_eq!(results.len(), 3);
+    // The stored state is the last one: its next message is number 3 of the chain.
+    let stored = store.group(&GROUP).unwrap().unwrap();
+    let next_stored = stored.send(b"4").unwrap();
+    let next_live = three.group.send(b"4").unwrap();
+    assert_eq!(next_stored.outbox[0].bytes, next_live.outbox[0].bytes);
+    assert_eq!(store.outbox(10).unwrap().len(), 3);
+}
+
+#[test]
+fn corrupt_rows_are_errors_that_name_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(8);
+    let mut store = open(dir.path());
+    store.apply(&p.bob_join).unwrap();
+    drop(store);
+    let raw = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    raw.execute(
+        "UPDATE groups SET sealed_state = substr(sealed_state, 1, 40)",
+        [],
+    )
+    .unwrap();
+    raw.execute("UPDATE events SET body = x'ff'", []).unwrap();
+    drop(raw);
+    let store = open(dir.path());
+    let error = store.group(&GROUP).unwrap_err();
+    assert!(matches!(&error, StoreError::Corrupt(c) if c.table == "groups"));
+    assert!(error.to_string().contains("0707"), "{error}");
+    let error = store.events_since(0, 10).unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Corrupt(c) if c.table == "events" && c.key.starts_with("cursor"))
+    );
+
+    // A state moved to another group's row does not open either (sealed to its place).
+    let other = tempfile::tempdir().unwrap();
+    let mut store = open(other.path());
+    store.apply(&p.bob_join).unwrap();
+    let mut q = pair(9);
+    let _ = &mut q.rng;
+    let second = GroupId([8; 32]);
+    let created = Group::create(&q.alice, second, &[q.bob.bundle(None)], &mut q.rng).unwrap();
+    store.apply(&created).unwrap();
+    drop(store);
+    let raw = rusqlite::Connection::open(other.path().join(DATABASE_FILE)).unwrap();
+    raw.execute(
+        "UPDATE groups SET sealed_state = (SELECT sealed_state FROM groups WHERE group_id = ?1)
+         WHERE group_id = ?2",
+        [GROUP.0.to_vec(), second.0.to_vec()],
+    )
+    .unwrap();
+    drop(raw);
+    let store = open(other.path());
+    assert!(store.group(&GROUP).unwrap().is_some());
+    assert!(matches!(store.group(&second), Err(StoreError::Corrupt(_))));
+}
+
+#[test]
+fn mailbox_stores_serves_and_expires_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(10);
+    let mut store = open(dir.path());
+    assert!(matches!(
+        store.mailbox_put(&GROUP, &p.create, 0),
+        Err(StoreError::Invalid(_))
+    ));
+    store.mailbox_register(&GROUP, 1_000, 0).unwrap();
+    assert!(store.mailbox_put(&GROUP, &p.create, 10).unwrap());
+    assert!(!store.mailbox_put(&GROUP, &p.create, 11).unwrap());
+    let ack = p.bob_join.outbox[0].bytes.clone();
+    assert!(store.mailbox_put(&GROUP, &ack, 500).unwrap());
+    assert!(matches!(
+        store.mailbox_put(&GROUP, b"garbage", 500),
+        Err(StoreError::Invalid(_))
+    ));
+    let page = store.mailbox_page(&GROUP, 0, 10).unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.bytes.clone()).collect::<Vec<_>>(),
+        vec![p.create.clone(), ack.clone()]
+    );
+    assert_eq!(store.mailbox_page(&GROUP, page[0].id, 10).unwrap().len(), 1);
+    assert_eq!(store.mailbox_groups().unwrap()[0].retention_ms, 1_000);
+    // The create is older than the retention at t = 1200; the ack is not.
+    assert_eq!(store.mailbox_expire(1_200).unwrap(), 1);
+    assert_eq!(store.mailbox_page(&GROUP, 0, 10).unwrap()[0].bytes, ack);
+    store.mailbox_unregister(&GROUP).unwrap();
+    assert!(store.mailbox_page(&GROUP, 0, 10).unwrap().is_empty());
+    assert!(store.mailbox_groups().unwrap().is_empty());
+    // A mailbox holds no group state.
+    assert!(store.groups().unwrap().is_empty());
+}
