@@ -24,7 +24,6 @@ struct Pair {
     rng: ChaCha20Rng,
     alice: Device,
     bob: Device,
-    alice_group: Group,
     bob_group: Group,
     create: Vec<u8>,
     bob_join: Staged,
@@ -38,13 +37,11 @@ fn pair(seed: u64) -> Pair {
     let created = Group::create(&alice, GROUP, &[bob.bundle(Some(one_time))], &mut rng).unwrap();
     let create = created.outbox[0].bytes.clone();
     let bob_join = Group::join(&bob, GROUP, create.clone(), &mut rng).unwrap();
-    let alice_group = created.group;
     let bob_group = bob_join.group.clone();
     Pair {
         rng,
         alice,
         bob,
-        alice_group,
         bob_group,
         create,
         bob_join,
@@ -86,6 +83,20 @@ fn a_new_store_is_private_and_reopens_with_its_key_file() {
     assert!(matches!(Store::open(&data, None), Err(OpenError::WrongKey)));
     std::fs::rename(dir.path().join("saved.key"), data.join(KEY_FILE)).unwrap();
     drop(open(&data));
+}
+
+#[test]
+fn the_key_file_can_live_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db/node.sqlite3");
+    let key = dir.path().join("keys.key");
+    drop(Store::open_with(&db, KeySource::KeyFile(key.clone())).unwrap());
+    assert!(key.exists());
+    assert!(Store::open_with(&db, KeySource::KeyFile(key)).is_ok());
+    assert!(matches!(
+        Store::open_with(&db, KeySource::KeyFile(dir.path().join("other.key"))),
+        Err(OpenError::KeyFileMissing(_))
+    ));
 }
 
 #[test]
