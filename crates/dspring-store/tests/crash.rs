@@ -245,8 +245,13 @@ fn parent(cycles: u32, seed: u64) -> Stats {
     let c = Device::generate(2, &mut rng);
     // B creates the group with A and C; A's join is committed to A's store here, before the
     // child first runs.
-    let created = Group::create(&b, GROUP, &[a_device.bundle(None), c.bundle(None)], &mut rng)
-        .unwrap();
+    let created = Group::create(
+        &b,
+        GROUP,
+        &[a_device.bundle(None), c.bundle(None)],
+        &mut rng,
+    )
+    .unwrap();
     let create = created.outbox[0].bytes.clone();
     let c_joined = Group::join(&c, GROUP, create.clone(), &mut rng).unwrap();
     let mut parent = Parent {
@@ -343,7 +348,11 @@ impl Parent {
             self.peer_action(cycle);
         }
         // New work only while the backlog is small, so that each run gets through it.
-        let new_ops = if self.pending.len() < 16 { 1 + self.rng.next_u32() % 6 } else { 0 };
+        let new_ops = if self.pending.len() < 16 {
+            1 + self.rng.next_u32() % 6
+        } else {
+            0
+        };
         for _ in 0..new_ops {
             let n = self.next_op;
             let op = match self.rng.next_u32() % 10 {
@@ -467,7 +476,11 @@ impl Parent {
                 let newcomer = Device::generate(1, &mut self.rng);
                 let staged = self.peers[who]
                     .group
-                    .add(&self.peers[who].device, &newcomer.bundle(None), &mut self.rng)
+                    .add(
+                        &self.peers[who].device,
+                        &newcomer.bundle(None),
+                        &mut self.rng,
+                    )
                     .unwrap();
                 self.peers[who].group = staged.group.clone();
                 let add = staged.outbox[0].bytes.clone();
@@ -507,7 +520,9 @@ impl Parent {
         let group = store.group(&GROUP).unwrap().expect("group state lost");
         assert!(group.is_active());
         loop {
-            let page = store.messages(&GROUP, self.scan.message_cursor, 1000).unwrap();
+            let page = store
+                .messages(&GROUP, self.scan.message_cursor, 1000)
+                .unwrap();
             let Some(last) = page.last() else { break };
             self.scan.message_cursor = last.cursor;
             for stored in page {
@@ -558,7 +573,10 @@ impl Parent {
     fn check_store(&mut self) {
         self.scan_store();
         for text in &self.a_sent {
-            assert!(self.scan.sent.contains(text), "committed message {text} missing");
+            assert!(
+                self.scan.sent.contains(text),
+                "committed message {text} missing"
+            );
         }
         assert_eq!(
             self.scan.sent.len(),
@@ -625,7 +643,11 @@ impl Parent {
             }
         }
         assert!(running.child.wait().unwrap().success(), "child failed");
-        assert_eq!(reported.len(), self.pending.len(), "child skipped operations");
+        assert_eq!(
+            reported.len(),
+            self.pending.len(),
+            "child skipped operations"
+        );
         self.settle(&reported, envelopes);
     }
 }

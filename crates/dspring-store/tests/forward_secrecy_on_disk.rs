@@ -89,7 +89,9 @@ fn replaced_states_and_used_prekeys_leave_the_files() {
         } else if round % 2 == 0 {
             bob_group.send(format!("bob {round}").as_bytes()).unwrap()
         } else {
-            let sent = alice_group.send(format!("alice {round}").as_bytes()).unwrap();
+            let sent = alice_group
+                .send(format!("alice {round}").as_bytes())
+                .unwrap();
             alice_group = sent.group;
             bob_group
                 .receive(&bob, sent.outbox[0].bytes.clone(), &mut rng)
@@ -134,6 +136,10 @@ fn replaced_states_and_used_prekeys_leave_the_files() {
     assert!(!contains(&files, &fingerprint(used_prekeys[0])));
     // And no secret is stored in plaintext: the identity key and the unused prekeys.
     assert!(!contains(&files, bob.identity.secret().expose()));
-    let stored = Store::open(dir.path(), None).unwrap().device().unwrap().unwrap();
+    let stored = Store::open(dir.path(), None)
+        .unwrap()
+        .device()
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.prekeys.one_time_ids().len(), 2);
 }
