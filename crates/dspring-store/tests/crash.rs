@@ -222,10 +222,10 @@ fn spawn(dir: &Path) -> Running {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            if let Some(rest) = line.strip_prefix(TAG) {
-                if tx.send(rest.trim().to_string()).is_err() {
-                    return;
-                }
+            if let Some(rest) = line.strip_prefix(TAG)
+                && tx.send(rest.trim().to_string()).is_err()
+            {
+                return;
             }
         }
     });
@@ -278,7 +278,7 @@ fn parent(cycles: u32, seed: u64) -> Stats {
         scan: Scan::default(),
         stats: Stats::default(),
     };
-    parent.from_peer(1, &c_joined);
+    parent.after_peer_step(1, &c_joined);
     {
         let mut store = Store::open(&dir, None).unwrap();
         store.create_device(&a_device).unwrap();
@@ -302,7 +302,7 @@ impl Parent {
 
     /// A parent-side member's step: deliver its envelopes to the other parent-side members at
     /// once and queue them for A.
-    fn from_peer(&mut self, who: usize, staged: &Staged) {
+    fn after_peer_step(&mut self, who: usize, staged: &Staged) {
         for out in &staged.outbox {
             self.new_op(Op::Receive(out.bytes.clone()));
             self.deliver_to_peers(Some(who), &out.bytes, out.welcome_for);
@@ -323,7 +323,7 @@ impl Parent {
                 .unwrap_or_else(|e| panic!("peer {i} refused an envelope: {e}"));
             self.record(i, &staged);
             self.peers[i].group = staged.group.clone();
-            self.from_peer(i, &staged);
+            self.after_peer_step(i, &staged);
             i += 1;
         }
     }
@@ -363,7 +363,7 @@ impl Parent {
         }
 
         let mut running = spawn(&self.dir);
-        let kill_during_start = self.rng.next_u32() % 10 == 0;
+        let kill_during_start = self.rng.next_u32().is_multiple_of(10);
         let delay = Duration::from_micros(u64::from(self.rng.next_u32() % 30_000));
         let mut reported = Vec::new();
         let mut envelopes = Vec::new();
@@ -440,11 +440,11 @@ impl Parent {
         }
         self.pending = still;
         for bytes in envelopes {
-            self.from_a(bytes);
+            self.deliver_from_a(bytes);
         }
     }
 
-    fn from_a(&mut self, bytes: Vec<u8>) {
+    fn deliver_from_a(&mut self, bytes: Vec<u8>) {
         let envelope = Unverified::<Envelope>::parse(bytes.clone()).unwrap();
         let key = match envelope.position() {
             Position::Control { seq, .. } => PositionKey::Control(*seq),
@@ -468,7 +468,7 @@ impl Parent {
             0 => {
                 let staged = self.peers[who].group.update(&mut self.rng).unwrap();
                 self.peers[who].group = staged.group.clone();
-                self.from_peer(who, &staged);
+                self.after_peer_step(who, &staged);
             }
             1 if self.peers.len() < 5 => {
                 // B or C adds a newcomer, who joins from the welcome before the others see the
@@ -491,8 +491,8 @@ impl Parent {
                     decrypted: BTreeMap::new(),
                 });
                 let new_index = self.peers.len() - 1;
-                self.from_peer(who, &staged);
-                self.from_peer(new_index, &joined);
+                self.after_peer_step(who, &staged);
+                self.after_peer_step(new_index, &joined);
             }
             2 if self.peers.len() > 2 => {
                 // A newcomer leaves again (removed by B or C).
@@ -501,14 +501,14 @@ impl Parent {
                 let staged = self.peers[who].group.remove(member, &mut self.rng).unwrap();
                 self.peers[who].group = staged.group.clone();
                 self.peers.pop();
-                self.from_peer(who, &staged);
+                self.after_peer_step(who, &staged);
             }
             _ => {
                 let text = format!("{}-{cycle}-{}", ["b", "c"][who], self.rng.next_u32());
                 let staged = self.peers[who].group.send(text.as_bytes()).unwrap();
                 self.peers[who].group = staged.group.clone();
                 self.others_sent.push(text);
-                self.from_peer(who, &staged);
+                self.after_peer_step(who, &staged);
             }
         }
     }
