@@ -7,6 +7,7 @@
 
 #[cfg(feature = "compare")]
 mod compare;
+mod store;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -19,6 +20,7 @@ struct Options {
     sizes: Vec<usize>,
     iterations: usize,
     markdown: bool,
+    store: Option<store::StoreOptions>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -26,6 +28,11 @@ fn parse_options() -> Result<Options, String> {
         sizes: vec![8, 16, 32, 64, 128, 256],
         iterations: 3,
         markdown: false,
+        store: Some(store::StoreOptions {
+            messages: 10_000,
+            unbatched: 1_000,
+            batch: 100,
+        }),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -33,7 +40,13 @@ fn parse_options() -> Result<Options, String> {
             "--quick" => {
                 options.sizes = vec![8, 16];
                 options.iterations = 1;
+                options.store = Some(store::StoreOptions {
+                    messages: 1_000,
+                    unbatched: 100,
+                    batch: 100,
+                });
             }
+            "--no-store" => options.store = None,
             "--markdown" => options.markdown = true,
             "--sizes" => {
                 let list = args.next().ok_or("--sizes needs a list like 8,16,32")?;
@@ -57,7 +70,7 @@ fn parse_options() -> Result<Options, String> {
                 }
             }
             "-h" | "--help" => {
-                return Err("usage: dspring-bench [--sizes 8,16,...] [--iterations N] [--quick] [--markdown]".into());
+                return Err("usage: dspring-bench [--sizes 8,16,...] [--iterations N] [--quick] [--markdown] [--no-store]".into());
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -520,11 +533,21 @@ fn main() -> ExitCode {
         Ok(rows) => {
             print(&rows, options.markdown);
             print_published();
-            ExitCode::SUCCESS
         }
         Err(message) => {
             eprintln!("benchmark failed: {message}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
     }
+    if let Some(store_options) = &options.store {
+        eprintln!("measuring the store (durable commits on the working directory's disk)");
+        match store::run(store_options) {
+            Ok(report) => store::print(&report),
+            Err(message) => {
+                eprintln!("store benchmark failed: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
