@@ -36,13 +36,22 @@ pub const MAX_ARGON2_PASSES: u32 = 64;
 pub const SALT_LEN: usize = 16;
 
 /// Where the store key comes from.
-#[derive(Debug)]
 #[non_exhaustive]
-pub enum KeySource {
+pub enum KeySource<'a> {
     /// A random key in this file, created with mode 0600 along with a new database.
     KeyFile(PathBuf),
-    /// Derived from a passphrase with Argon2id; the salt is kept in the database.
-    Passphrase(Secret),
+    /// Derived from a passphrase with Argon2id; the salt is kept in the database. Borrowed:
+    /// the store keeps only the derived key, and the caller wipes the passphrase.
+    Passphrase(&'a [u8]),
+}
+
+impl std::fmt::Debug for KeySource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeyFile(path) => f.debug_tuple("KeyFile").field(path).finish(),
+            Self::Passphrase(_) => f.write_str("Passphrase(..)"),
+        }
+    }
 }
 
 /// The key that seals secrets at rest.
@@ -214,7 +223,7 @@ impl PassphraseParams {
 }
 
 pub(crate) fn key_from_passphrase(
-    passphrase: &Secret,
+    passphrase: &[u8],
     params: &PassphraseParams,
 ) -> Result<StoreKey, String> {
     let argon_params = argon2::Params::new(
@@ -231,7 +240,7 @@ pub(crate) fn key_from_passphrase(
     );
     let mut key = [0u8; KEY_LEN];
     argon
-        .hash_password_into(passphrase.expose(), &params.salt, &mut key)
+        .hash_password_into(passphrase, &params.salt, &mut key)
         .map_err(|e| e.to_string())?;
     let secret = Secret::from_bytes(key);
     zeroize::Zeroize::zeroize(&mut key);
@@ -298,5 +307,9 @@ mod tests {
     #[test]
     fn debug_never_shows_the_key() {
         assert_eq!(format!("{:?}", key()), "StoreKey(..)");
+        assert_eq!(
+            format!("{:?}", KeySource::Passphrase(b"hunter2")),
+            "Passphrase(..)"
+        );
     }
 }

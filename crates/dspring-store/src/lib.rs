@@ -50,7 +50,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use dspring_proto::{GroupId, Secret};
+use dspring_proto::GroupId;
 use rusqlite::{Connection, OptionalExtension, limits::Limit};
 
 pub use apply::Committed;
@@ -97,7 +97,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in the data directory `dir`: [`DATABASE_FILE`], sealed with
     /// the key in [`KEY_FILE`], or with a key derived from `passphrase` if one is given.
-    pub fn open(dir: &Path, passphrase: Option<Secret>) -> Result<Self, OpenError> {
+    pub fn open(dir: &Path, passphrase: Option<&[u8]>) -> Result<Self, OpenError> {
         let key = match passphrase {
             Some(passphrase) => KeySource::Passphrase(passphrase),
             None => KeySource::KeyFile(dir.join(KEY_FILE)),
@@ -106,7 +106,7 @@ impl Store {
     }
 
     /// Opens (or creates) the database at `path` with the given key source.
-    pub fn open_with(path: &Path, key: KeySource) -> Result<Self, OpenError> {
+    pub fn open_with(path: &Path, key: KeySource<'_>) -> Result<Self, OpenError> {
         let io = |action: &'static str, at: &Path| {
             let at = at.to_path_buf();
             move |source| OpenError::Io {
@@ -193,7 +193,7 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 /// Derives or reads the store key, and checks it against the database's key check value.
-fn unlock(conn: &Connection, source: KeySource) -> Result<StoreKey, OpenError> {
+fn unlock(conn: &Connection, source: KeySource<'_>) -> Result<StoreKey, OpenError> {
     let check: Option<Vec<u8>> = meta(conn, "key_check")?;
     let params: Option<Vec<u8>> = meta(conn, "argon2")?;
     let params = params
@@ -227,7 +227,7 @@ fn unlock(conn: &Connection, source: KeySource) -> Result<StoreKey, OpenError> {
                     params
                 }
             };
-            at_rest::key_from_passphrase(&passphrase, &params)
+            at_rest::key_from_passphrase(passphrase, &params)
                 .map_err(|e| Corrupt::new("meta", "argon2", e))?
         }
     };

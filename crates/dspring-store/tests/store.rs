@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use dspring_proto::{Device, Event, Group, GroupId, Outgoing, Secret, Staged};
+use dspring_proto::{Device, Event, Group, GroupId, Outgoing, Staged};
 use dspring_store::{
     Contact, DATABASE_FILE, KEY_FILE, KeySource, OpenError, SCHEMA_VERSION, Store, StoreError,
 };
@@ -102,7 +102,7 @@ fn the_key_file_can_live_elsewhere() {
 #[test]
 fn a_passphrase_store_needs_its_passphrase() {
     let dir = tempfile::tempdir().unwrap();
-    let pass = || Some(Secret::from_bytes([42; 32]));
+    let pass = || Some(&b"correct horse battery staple"[..]);
     let mut store = Store::open(dir.path(), pass()).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let device = Device::generate(1, &mut rng);
@@ -110,7 +110,7 @@ fn a_passphrase_store_needs_its_passphrase() {
     drop(store);
     assert!(!dir.path().join(KEY_FILE).exists());
     assert!(matches!(
-        Store::open(dir.path(), Some(Secret::from_bytes([43; 32]))),
+        Store::open(dir.path(), Some(&b"correct horse battery stapler"[..])),
         Err(OpenError::WrongKey)
     ));
     assert!(matches!(
