@@ -191,7 +191,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "{} kills ({} during start-up), {} ops reported committed, {} committed but killed \
-             before reporting, {} sends killed before committing (redone), {} envelopes from the child",
+             before reporting, {} sends pending and uncommitted at a kill (summed over kills; redone), {} envelopes from the child",
             self.kills,
             self.kills_before_ready,
             self.ops_reported,
