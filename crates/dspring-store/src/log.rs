@@ -48,7 +48,7 @@ pub struct OutboxEntry {
     pub welcome_for: Option<MemberId>,
 }
 
-fn page(limit: usize) -> i64 {
+pub(crate) fn page(limit: usize) -> i64 {
     i64::try_from(limit.min(MAX_PAGE)).unwrap_or(0)
 }
 
@@ -94,18 +94,29 @@ impl Store {
         let Some(group_ref) = self.group_ref(group) else {
             return Ok(Vec::new());
         };
-        let mut statement = self.conn.prepare_cached(
+        self.log_entries(
+            "envelopes",
             "SELECT id, bytes FROM envelopes WHERE group_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-        )?;
-        let rows = statement
-            .query_map(params![group_ref, to_sql_int(after)?, page(limit)], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
+            params![group_ref, to_sql_int(after)?, page(limit)],
+        )
+    }
+
+    /// Runs a query of `(id, bytes)` rows of `table` into log entries.
+    pub(crate) fn log_entries(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
+        let rows = statement.query_map(params, |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, bytes) = row?;
             out.push(LogEntry {
-                id: from_sql_int(id, "envelopes", &format!("row {id}"))?,
+                id: from_sql_int(id, table, &format!("row {id}"))?,
                 bytes,
             });
         }

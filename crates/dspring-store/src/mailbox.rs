@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::apply::envelope_hash;
 use crate::error::StoreError;
-use crate::log::LogEntry;
-use crate::{MAX_PAGE, Store, from_sql_int, group_id_from, to_sql_int};
+use crate::log::{LogEntry, page};
+use crate::{Store, from_sql_int, group_id_from, to_sql_int};
 
 /// A group this node keeps a mailbox for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,24 +121,12 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let mut statement = self.conn.prepare_cached(
+        self.log_entries(
+            "mailbox_envelopes",
             "SELECT id, bytes FROM mailbox_envelopes WHERE group_id = ?1 AND id > ?2
              ORDER BY id LIMIT ?3",
-        )?;
-        let limit = i64::try_from(limit.min(MAX_PAGE)).unwrap_or(0);
-        let rows = statement
-            .query_map(params![group.as_bytes(), to_sql_int(after)?, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, bytes) = row?;
-            out.push(LogEntry {
-                id: from_sql_int(id, "mailbox_envelopes", &format!("row {id}"))?,
-                bytes,
-            });
-        }
-        Ok(out)
+            params![group.as_bytes(), to_sql_int(after)?, page(limit)],
+        )
     }
 
     /// Drops envelopes older than their group's retention; returns how many.

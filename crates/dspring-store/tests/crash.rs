@@ -379,14 +379,7 @@ impl Parent {
                     Err(e) => panic!("child did not start: {e:?}"),
                 }
             }
-            let mut script = String::new();
-            for (n, op) in &self.pending {
-                match op {
-                    Op::Receive(bytes) => script += &format!("R {n} {}\n", hex(bytes)),
-                    Op::Send(text) => script += &format!("S {n} {text}\n"),
-                    Op::Update => script += &format!("U {n}\n"),
-                }
-            }
+            let script = self.script();
             // The child may already be dead-set on exiting: ignore a broken pipe.
             let _ = running.stdin.write_all(script.as_bytes());
             let _ = running.stdin.flush();
@@ -620,10 +613,8 @@ impl Parent {
 }
 
 impl Parent {
-    fn run_to_completion(&mut self) {
-        let mut running = spawn(&self.dir);
-        let mut reported = Vec::new();
-        let mut envelopes = Vec::new();
+    /// The pending operations as the child's input lines.
+    fn script(&self) -> String {
         let mut script = String::new();
         for (n, op) in &self.pending {
             match op {
@@ -632,6 +623,14 @@ impl Parent {
                 Op::Update => script += &format!("U {n}\n"),
             }
         }
+        script
+    }
+
+    fn run_to_completion(&mut self) {
+        let mut running = spawn(&self.dir);
+        let mut reported = Vec::new();
+        let mut envelopes = Vec::new();
+        let script = self.script();
         running.stdin.write_all(script.as_bytes()).unwrap();
         // End of input: the child finishes every operation and exits.
         drop(running.stdin);
