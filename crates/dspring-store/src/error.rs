@@ -36,6 +36,8 @@ pub enum OpenError {
     },
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{0} is in use by another dspring process (one node per data directory)")]
+    InUse(PathBuf),
     #[error(
         "the database has schema version {found}, newer than this program supports ({supported}); \
          upgrade dspring"

@@ -90,6 +90,10 @@ pub struct Store {
     conn: Connection,
     key: StoreKey,
     path: PathBuf,
+    /// Held for the store's lifetime: a second process on the same data (two daemons on one
+    /// identity) would send from the same ratchet positions, reusing keys and nonces. The
+    /// operating system releases it when the process dies, so a crash never leaves it stuck.
+    _lock: fs::File,
     /// Group id to local row id, for the groups committed so far.
     group_refs: HashMap<GroupId, i64>,
 }
@@ -136,6 +140,7 @@ impl Store {
                 Err(e) => return Err(io("creating database", path)(e)),
             }
         }
+        let lock = lock(path)?;
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
@@ -144,6 +149,7 @@ impl Store {
             conn,
             key,
             path: path.to_path_buf(),
+            _lock: lock,
             group_refs: HashMap::new(),
         };
         store.load_group_refs()?;
@@ -175,6 +181,33 @@ impl Store {
             self.group_refs.insert(group, id);
         }
         Ok(())
+    }
+}
+
+/// Takes the exclusive lock on `<database>.lock`.
+fn lock(path: &Path) -> Result<fs::File, OpenError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| OpenError::Io {
+            action: "opening lock file",
+            path: lock_path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(OpenError::InUse(path.to_path_buf())),
+        Err(fs::TryLockError::Error(source)) => Err(OpenError::Io {
+            action: "locking",
+            path: lock_path,
+            source,
+        }),
     }
 }
 

@@ -86,6 +86,18 @@ fn a_new_store_is_private_and_reopens_with_its_key_file() {
 }
 
 #[test]
+fn one_store_per_data_directory_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    assert!(matches!(
+        Store::open(dir.path(), None),
+        Err(OpenError::InUse(_))
+    ));
+    drop(first);
+    drop(open(dir.path()));
+}
+
+#[test]
 fn the_key_file_can_live_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db/node.sqlite3");
