@@ -31,6 +31,11 @@ const CHILD_ENV: &str = "DSPRING_CRASH_CHILD_DIR";
 const GROUP: GroupId = GroupId([5; 32]);
 /// Protocol lines from the child start with this, so that nothing else is mistaken for one.
 const TAG: &str = "@@";
+/// Membership changes (adds and removes of newcomers) in one run. The core keeps the whole
+/// membership history (not yet garbage-collected), so the group state and every welcome grow
+/// with each change; unbounded churn makes a 10,000-cycle run quadratic (a 6 MB state after
+/// 2,000 changes).
+const MAX_MEMBERSHIP_CHANGES: u32 = 60;
 
 fn main() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
@@ -156,6 +161,7 @@ struct Parent {
     a_positions: HashMap<(ShortId, PositionKey), Vec<u8>>,
     /// What has been read of A's store so far.
     scan: Scan,
+    membership_changes: u32,
     stats: Stats,
 }
 
@@ -276,6 +282,7 @@ fn parent(cycles: u32, seed: u64) -> Stats {
         others_sent: Vec::new(),
         a_positions: HashMap::new(),
         scan: Scan::default(),
+        membership_changes: 0,
         stats: Stats::default(),
     };
     parent.after_peer_step(1, &c_joined);
@@ -463,7 +470,8 @@ impl Parent {
                 self.peers[who].group = staged.group.clone();
                 self.after_peer_step(who, &staged);
             }
-            1 if self.peers.len() < 5 => {
+            1 if self.peers.len() < 5 && self.membership_changes < MAX_MEMBERSHIP_CHANGES => {
+                self.membership_changes += 1;
                 // B or C adds a newcomer, who joins from the welcome before the others see the
                 // add, so that it also gets their acks.
                 let newcomer = Device::generate(1, &mut self.rng);
@@ -487,7 +495,8 @@ impl Parent {
                 self.after_peer_step(who, &staged);
                 self.after_peer_step(new_index, &joined);
             }
-            2 if self.peers.len() > 2 => {
+            2 if self.peers.len() > 2 && self.membership_changes < MAX_MEMBERSHIP_CHANGES => {
+                self.membership_changes += 1;
                 // A newcomer leaves again (removed by B or C).
                 let gone = self.peers.len() - 1;
                 let member = self.peers[gone].device.id();
