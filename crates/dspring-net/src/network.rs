@@ -1,0 +1,525 @@
+//! The task that owns the swarm: commands in, events out, both through bounded channels.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dspring_proto::GroupId;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, kad, mdns, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::{Behaviour, BehaviourEvent, Options};
+use crate::topic;
+use crate::wire::{DirectRequest, DirectResponse, SyncRequest, SyncResponse};
+
+/// Events waiting for the node; when full, the network stops reading the swarm until the node
+/// catches up (backpressure, not loss).
+pub const EVENT_QUEUE: usize = 1024;
+/// Commands waiting for the network task.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Inbound requests awaiting the node's answer; beyond this, new ones are dropped (the peer
+/// times out and retries).
+pub const MAX_PENDING_INBOUND: usize = 4096;
+/// Connections with nothing to do close after this: idle groups keep no connections open.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<Multiaddr>,
+    /// Peers to bootstrap the DHT from.
+    pub bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Local network discovery (on by default).
+    pub mdns: bool,
+    /// Act as a relay for peers behind NAT.
+    pub relay_server: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            relay_server: false,
+        }
+    }
+}
+
+/// Names an inbound request until the node answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundId(u64);
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    Dial(Multiaddr),
+    /// Remember an address of a peer (DHT routing table).
+    AddAddress(PeerId, Multiaddr),
+    Subscribe(GroupId),
+    Unsubscribe(GroupId),
+    /// Publish an envelope on its group's topic.
+    Publish {
+        group: GroupId,
+        envelope: Vec<u8>,
+        done: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    /// The node's verdict on a gossip message: forward it, or reject (and penalise the peer).
+    Validate {
+        message_id: MessageId,
+        source: PeerId,
+        accept: bool,
+    },
+    SendDirect {
+        peer: PeerId,
+        request: DirectRequest,
+        done: oneshot::Sender<Result<DirectResponse, NetworkError>>,
+    },
+    AnswerDirect {
+        id: InboundId,
+        response: DirectResponse,
+    },
+    Sync {
+        peer: PeerId,
+        request: SyncRequest,
+        done: oneshot::Sender<Result<SyncResponse, NetworkError>>,
+    },
+    AnswerSync {
+        id: InboundId,
+        response: SyncResponse,
+    },
+    ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    Listening(Multiaddr),
+    Connected(PeerId),
+    Disconnected(PeerId),
+    /// A gossip message on a group's topic: answer with [`Command::Validate`].
+    Gossip {
+        group: GroupId,
+        message_id: MessageId,
+        source: PeerId,
+        envelope: Vec<u8>,
+    },
+    /// A remote subscribed to a group's topic.
+    Subscribed {
+        peer: PeerId,
+        group: GroupId,
+    },
+    /// Answer with [`Command::AnswerDirect`] once committed.
+    Direct {
+        id: InboundId,
+        peer: PeerId,
+        request: DirectRequest,
+    },
+    /// Answer with [`Command::AnswerSync`].
+    SyncRequested {
+        id: InboundId,
+        peer: PeerId,
+        request: SyncRequest,
+    },
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+#[non_exhaustive]
+pub enum NetworkError {
+    #[error("setting up the network: {0}")]
+    Setup(String),
+    #[error("publishing: {0}")]
+    Publish(String),
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// A handle to the network task.
+#[derive(Clone, Debug)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    pub local_peer_id: PeerId,
+}
+
+impl Network {
+    pub async fn send(&self, command: Command) -> Result<(), NetworkError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetworkError::Stopped)
+    }
+
+    pub async fn publish(&self, group: GroupId, envelope: Vec<u8>) -> Result<(), NetworkError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::Publish {
+            group,
+            envelope,
+            done,
+        })
+        .await?;
+        result.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    pub async fn send_direct(
+        &self,
+        peer: PeerId,
+        request: DirectRequest,
+    ) -> Result<DirectResponse, NetworkError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::SendDirect {
+            peer,
+            request,
+            done,
+        })
+        .await?;
+        result.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    pub async fn sync(
+        &self,
+        peer: PeerId,
+        request: SyncRequest,
+    ) -> Result<SyncResponse, NetworkError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::Sync {
+            peer,
+            request,
+            done,
+        })
+        .await?;
+        result.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetworkError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::ListenAddresses(done)).await?;
+        result.await.map_err(|_| NetworkError::Stopped)
+    }
+}
+
+/// Starts the network task on the current tokio runtime.
+pub fn spawn(
+    key: Keypair,
+    config: Config,
+) -> Result<(Network, mpsc::Receiver<Event>), NetworkError> {
+    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let options = Options {
+        mdns: config.mdns,
+        relay_server: config.relay_server,
+    };
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, relay_client, &options)
+                .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    for address in &config.listen {
+        swarm.listen_on(address.clone()).map_err(|e| setup(&e))?;
+    }
+    for (peer, address) in &config.bootstrap {
+        swarm.behaviour_mut().kad.add_address(peer, address.clone());
+    }
+    if !config.bootstrap.is_empty() {
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    let local_peer_id = *swarm.local_peer_id();
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let task = Task {
+        swarm,
+        commands: command_rx,
+        events: event_tx,
+        topics: HashMap::new(),
+        next_inbound: 0,
+        direct_channels: HashMap::new(),
+        sync_channels: HashMap::new(),
+        pending_direct: HashMap::new(),
+        pending_sync: HashMap::new(),
+    };
+    tokio::spawn(task.run());
+    Ok((
+        Network {
+            commands,
+            local_peer_id,
+        },
+        events,
+    ))
+}
+
+struct Task {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    /// Subscribed topics, to name the group of a gossip message.
+    topics: HashMap<TopicHash, GroupId>,
+    next_inbound: u64,
+    direct_channels: HashMap<InboundId, ResponseChannel<DirectResponse>>,
+    sync_channels: HashMap<InboundId, ResponseChannel<SyncResponse>>,
+    pending_direct:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<DirectResponse, NetworkError>>>,
+    pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetworkError>>>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    // Every handle is gone: the node has stopped.
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => {
+                    if self.swarm_event(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn inbound_id(&mut self) -> InboundId {
+        self.next_inbound += 1;
+        InboundId(self.next_inbound)
+    }
+
+    fn command(&mut self, command: Command) {
+        let behaviour = self.swarm.behaviour_mut();
+        match command {
+            Command::Dial(address) => {
+                if let Err(error) = self.swarm.dial(address) {
+                    tracing::debug!(%error, "dial failed");
+                }
+            }
+            Command::AddAddress(peer, address) => {
+                behaviour.kad.add_address(&peer, address);
+            }
+            Command::Subscribe(group) => {
+                let topic = topic::topic(&group);
+                if behaviour.gossipsub.subscribe(&topic).is_ok() {
+                    self.topics.insert(topic.hash(), group);
+                }
+            }
+            Command::Unsubscribe(group) => {
+                let topic = topic::topic(&group);
+                behaviour.gossipsub.unsubscribe(&topic);
+                self.topics.remove(&topic.hash());
+            }
+            Command::Publish {
+                group,
+                envelope,
+                done,
+            } => {
+                let result = behaviour
+                    .gossipsub
+                    .publish(topic::topic(&group), envelope)
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Publish(e.to_string()));
+                let _ = done.send(result);
+            }
+            Command::Validate {
+                message_id,
+                source,
+                accept,
+            } => {
+                let acceptance = if accept {
+                    MessageAcceptance::Accept
+                } else {
+                    MessageAcceptance::Reject
+                };
+                behaviour.gossipsub.report_message_validation_result(
+                    &message_id,
+                    &source,
+                    acceptance,
+                );
+            }
+            Command::SendDirect {
+                peer,
+                request,
+                done,
+            } => {
+                let id = behaviour.direct.send_request(&peer, request);
+                self.pending_direct.insert(id, done);
+            }
+            Command::AnswerDirect { id, response } => {
+                if let Some(channel) = self.direct_channels.remove(&id) {
+                    let _ = behaviour.direct.send_response(channel, response);
+                }
+            }
+            Command::Sync {
+                peer,
+                request,
+                done,
+            } => {
+                let id = behaviour.sync.send_request(&peer, request);
+                self.pending_sync.insert(id, done);
+            }
+            Command::AnswerSync { id, response } => {
+                if let Some(channel) = self.sync_channels.remove(&id) {
+                    let _ = behaviour.sync.send_response(channel, response);
+                }
+            }
+            Command::ListenAddresses(done) => {
+                let _ = done.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    /// Handles one swarm event; `Err` when the node is gone.
+    async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
+        let out = match event {
+            SwarmEvent::NewListenAddr { address, .. } => Some(Event::Listening(address)),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 => Some(Event::Connected(peer_id)),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => Some(Event::Disconnected(peer_id)),
+            SwarmEvent::Behaviour(event) => self.behaviour_event(event),
+            _ => None,
+        };
+        match out {
+            Some(event) => self.events.send(event).await.map_err(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent) -> Option<Event> {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => match self.topics.get(&message.topic) {
+                Some(group) => Some(Event::Gossip {
+                    group: *group,
+                    message_id,
+                    source: propagation_source,
+                    envelope: message.data,
+                }),
+                None => {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    None
+                }
+            },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                self.topics.get(&topic).map(|group| Event::Subscribed {
+                    peer: peer_id,
+                    group: *group,
+                })
+            }
+            BehaviourEvent::Direct(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if self.direct_channels.len() >= MAX_PENDING_INBOUND {
+                            return None;
+                        }
+                        let id = self.inbound_id();
+                        self.direct_channels.insert(id, channel);
+                        Some(Event::Direct { id, peer, request })
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(done) = self.pending_direct.remove(&request_id) {
+                            let _ = done.send(Ok(response));
+                        }
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Direct(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(done) = self.pending_direct.remove(&request_id) {
+                    let _ = done.send(Err(NetworkError::Request(error.to_string())));
+                }
+                None
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        if self.sync_channels.len() >= MAX_PENDING_INBOUND {
+                            return None;
+                        }
+                        let id = self.inbound_id();
+                        self.sync_channels.insert(id, channel);
+                        Some(Event::SyncRequested { id, peer, request })
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(done) = self.pending_sync.remove(&request_id) {
+                            let _ = done.send(Ok(response));
+                        }
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(done) = self.pending_sync.remove(&request_id) {
+                    let _ = done.send(Err(NetworkError::Request(error.to_string())));
+                }
+                None
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // What a peer says it listens on goes into the DHT routing table.
+                for address in info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, address);
+                }
+                None
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, address) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                }
+                None
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { .. }) => None,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The request-response protocols and their bounded codec: a 4-byte length, then postcard.
+//! A message over its protocol's bound is refused before it is read, and the stream dropped.
+
+use std::io;
+
+use dspring_proto::GroupId;
+use dspring_proto::envelope::MAX_ENVELOPE_LEN;
+use dspring_proto::ids::ShortId;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/direct/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/sync/1");
+
+/// A direct delivery is one envelope plus its group: the envelope bound and a little framing.
+pub const MAX_DIRECT_REQUEST: usize = MAX_ENVELOPE_LEN + 256;
+/// The answer to a direct delivery is a few bytes.
+pub const MAX_DIRECT_RESPONSE: usize = 64;
+/// Most senders a sync request names: far above any group we expect, small enough that a
+/// request stays a few tens of KiB.
+pub const MAX_SYNC_SENDERS: usize = 1024;
+pub const MAX_SYNC_REQUEST: usize = 64 << 10;
+/// Most envelopes in one sync page; the requester asks again with the returned token.
+pub const MAX_SYNC_PAGE: usize = 256;
+/// A sync page in bytes: a few large envelopes or many small ones.
+pub const MAX_SYNC_RESPONSE: usize = 16 << 20;
+
+/// Deliver this envelope of `group` to me (a welcome, or an envelope for a member not yet on
+/// the group's topic).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectRequest {
+    pub group: GroupId,
+    pub envelope: Vec<u8>,
+}
+
+/// Sent once the envelope is committed (accepted) or refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectResponse {
+    pub accepted: bool,
+}
+
+/// What the requester holds of one sender in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub sender: ShortId,
+    pub control_seq: u64,
+    pub application: Option<(u64, u64)>,
+}
+
+/// "Here is what I have per sender in `group`: send me the rest", continuing after `token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub group: GroupId,
+    pub marks: Vec<Mark>,
+    /// Where the previous page ended (0 for the first page).
+    pub token: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub envelopes: Vec<Vec<u8>>,
+    /// Ask again with this token for more; `None` when this was the last page.
+    pub next: Option<u64>,
+}
+
+/// Framing of one protocol: its request and response types and their bounds.
+pub trait Framed {
+    type Request: Serialize + DeserializeOwned + Send + std::marker::Sync;
+    type Response: Serialize + DeserializeOwned + Send + std::marker::Sync;
+    const MAX_REQUEST: usize;
+    const MAX_RESPONSE: usize;
+    fn check_request(_: &Self::Request) -> bool {
+        true
+    }
+    fn check_response(_: &Self::Response) -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direct;
+
+impl Framed for Direct {
+    type Request = DirectRequest;
+    type Response = DirectResponse;
+    const MAX_REQUEST: usize = MAX_DIRECT_REQUEST;
+    const MAX_RESPONSE: usize = MAX_DIRECT_RESPONSE;
+    fn check_request(request: &DirectRequest) -> bool {
+        request.envelope.len() <= MAX_ENVELOPE_LEN
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sync;
+
+impl Framed for Sync {
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+    const MAX_REQUEST: usize = MAX_SYNC_REQUEST;
+    const MAX_RESPONSE: usize = MAX_SYNC_RESPONSE;
+    fn check_request(request: &SyncRequest) -> bool {
+        request.marks.len() <= MAX_SYNC_SENDERS
+    }
+    fn check_response(response: &SyncResponse) -> bool {
+        response.envelopes.len() <= MAX_SYNC_PAGE
+            && response
+                .envelopes
+                .iter()
+                .all(|e| e.len() <= MAX_ENVELOPE_LEN)
+    }
+}
+
+/// Encodes a message with its length; refuses one over `max`.
+pub fn encode<T: Serialize>(message: &T, max: usize) -> io::Result<Vec<u8>> {
+    let body = postcard::to_allocvec(message).map_err(io::Error::other)?;
+    if body.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message over its bound",
+        ));
+    }
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend(body);
+    Ok(out)
+}
+
+/// Decodes one framed message from `bytes` (length included).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> io::Result<T> {
+    let invalid = |why: &'static str| io::Error::new(io::ErrorKind::InvalidData, why);
+    let (len, body) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(invalid("truncated length"))?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > max {
+        return Err(invalid("message over its bound"));
+    }
+    if body.len() != len {
+        return Err(invalid("length does not match"));
+    }
+    postcard::from_bytes(body).map_err(|_| invalid("malformed message"))
+}
+
+async fn read_framed<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(
+    io: &mut R,
+    max: usize,
+) -> io::Result<T> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let body_len = u32::from_be_bytes(len) as usize;
+    if body_len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message over its bound",
+        ));
+    }
+    let mut body = vec![0u8; body_len];
+    io.read_exact(&mut body).await?;
+    postcard::from_bytes(&body)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed message"))
+}
+
+async fn write_framed<T: Serialize, W: AsyncWrite + Unpin + Send>(
+    io: &mut W,
+    message: &T,
+    max: usize,
+) -> io::Result<()> {
+    let bytes = encode(message, max)?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+/// The request-response codec of protocol `P`.
+#[derive(Debug)]
+pub struct Codec<P>(std::marker::PhantomData<P>);
+
+impl<P> Default for Codec<P> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<P> Clone for Codec<P> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+fn refuse() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "message over a limit")
+}
+
+impl<P: Framed + Send + 'static> libp2p::request_response::Codec for Codec<P> {
+    type Protocol = StreamProtocol;
+    type Request = P::Request;
+    type Response = P::Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<P::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let request = read_framed(io, P::MAX_REQUEST).await?;
+        if P::check_request(&request) {
+            Ok(request)
+        } else {
+            Err(refuse())
+        }
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<P::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let response = read_framed(io, P::MAX_RESPONSE).await?;
+        if P::check_response(&response) {
+            Ok(response)
+        } else {
+            Err(refuse())
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: P::Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &request, P::MAX_REQUEST).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: P::Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_framed(io, &response, P::MAX_RESPONSE).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_bounds_hold() {
+        let request = SyncRequest {
+            group: GroupId([3; 32]),
+            marks: vec![Mark {
+                sender: ShortId([1; 8]),
+                control_seq: 7,
+                application: Some((2, 9)),
+            }],
+            token: 5,
+        };
+        let bytes = encode(&request, MAX_SYNC_REQUEST).unwrap();
+        assert_eq!(
+            decode::<SyncRequest>(&bytes, MAX_SYNC_REQUEST).unwrap(),
+            request
+        );
+        assert!(decode::<SyncRequest>(&bytes, 8).is_err());
+        assert!(decode::<SyncRequest>(&bytes[..bytes.len() - 1], MAX_SYNC_REQUEST).is_err());
+        assert!(encode(&request, 8).is_err());
+        let mut lying = bytes.clone();
+        lying[0] = 0xff;
+        assert!(decode::<SyncRequest>(&lying, MAX_SYNC_REQUEST).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders() {
+        let mut seed = 0x1234_5678_u64;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = decode::<SyncRequest>(&bytes, MAX_SYNC_REQUEST);
+            let _ = decode::<SyncResponse>(&bytes, MAX_SYNC_RESPONSE);
+            let _ = decode::<DirectRequest>(&bytes, MAX_DIRECT_REQUEST);
+        }
+    }
+}
