@@ -1,0 +1,201 @@
+//! Digital Spring node: one actor owns the store, the device and the groups; the network, timers
+//! and API callers talk to it through bounded channels. Inbound envelope → core → one store
+//! transaction → then events to subscribers and the outbox to the network: an envelope counts as
+//! delivered only once committed.
+//!
+//! Status: the first part of issue #4. Built: start/stop on a data directory, contact cards,
+//! groups (create, add, remove, update, send), gossip in, direct welcomes, catch-up by sync with
+//! every member that connects, events from a cursor. Not yet built: mailboxes, DHT prekey
+//! records, periodic sync, group names (see `docs/NETWORK.md`).
+
+mod actor;
+mod card;
+
+use std::path::PathBuf;
+
+use dspring_proto::{GroupId, MemberId};
+use dspring_store::StoredEvent;
+use libp2p::Multiaddr;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use card::{CardError, ContactCard};
+pub use dspring_store::StoredEvent as NodeEvent;
+
+/// Commands waiting for the actor: API callers wait (backpressure) when it is full.
+pub const COMMAND_QUEUE: usize = 256;
+/// Live events buffered per subscriber; a subscriber that falls further behind is told it
+/// lagged and resumes from the store with [`Node::events_since`].
+pub const LIVE_EVENTS: usize = 1024;
+/// One-time prekeys a new device starts with.
+pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    /// Local network discovery.
+    pub mdns: bool,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            mdns: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("store: {0}")]
+    Open(#[from] dspring_store::OpenError),
+    #[error("store: {0}")]
+    Store(#[from] dspring_store::StoreError),
+    #[error("network: {0}")]
+    Network(#[from] dspring_net::NetworkError),
+    #[error("unknown group")]
+    UnknownGroup,
+    #[error("unknown contact {0}")]
+    UnknownContact(MemberId),
+    #[error("group: {0}")]
+    Group(#[from] dspring_proto::GroupError),
+    #[error("the randomness source failed")]
+    Randomness,
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+pub(crate) enum Request {
+    Contact(Reply<ContactCard>),
+    AddContact(ContactCard, String, Reply<()>),
+    CreateGroup(Vec<MemberId>, Reply<GroupId>),
+    Send(GroupId, Vec<u8>, Reply<()>),
+    Add(GroupId, MemberId, Reply<()>),
+    Remove(GroupId, MemberId, Reply<()>),
+    Update(GroupId, Reply<()>),
+    Members(GroupId, Reply<Vec<MemberId>>),
+    Groups(Reply<Vec<GroupId>>),
+    Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
+    EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A running node. Cheap to clone; every clone talks to the same actor.
+#[derive(Clone, Debug)]
+pub struct Node {
+    requests: mpsc::Sender<Request>,
+    live: broadcast::Sender<StoredEvent>,
+    id: MemberId,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+impl Node {
+    /// Opens (or creates) the node in `config.data_dir` and starts its network.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        actor::start(config).await
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> MemberId {
+        self.id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, NodeError> {
+        let (reply, result) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        result.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// A card to give to people who want to reach this node or add it to a group.
+    pub async fn contact(&self) -> Result<ContactCard, NodeError> {
+        self.ask(Request::Contact).await
+    }
+
+    pub async fn add_contact(&self, card: ContactCard, name: &str) -> Result<(), NodeError> {
+        self.ask(|r| Request::AddContact(card, name.to_string(), r))
+            .await
+    }
+
+    /// Creates a group with contacts `members` (their cards give the prekeys and addresses).
+    pub async fn create_group(&self, members: &[MemberId]) -> Result<GroupId, NodeError> {
+        self.ask(|r| Request::CreateGroup(members.to_vec(), r))
+            .await
+    }
+
+    pub async fn send(&self, group: GroupId, plaintext: &[u8]) -> Result<(), NodeError> {
+        self.ask(|r| Request::Send(group, plaintext.to_vec(), r))
+            .await
+    }
+
+    pub async fn add(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Add(group, member, r)).await
+    }
+
+    pub async fn remove(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Remove(group, member, r)).await
+    }
+
+    pub async fn update(&self, group: GroupId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Update(group, r)).await
+    }
+
+    pub async fn members(&self, group: GroupId) -> Result<Vec<MemberId>, NodeError> {
+        self.ask(|r| Request::Members(group, r)).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupId>, NodeError> {
+        self.ask(Request::Groups).await
+    }
+
+    /// Messages (received and sent) of a group after event cursor `after`.
+    pub async fn messages(
+        &self,
+        group: GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, NodeError> {
+        self.ask(|r| Request::Messages(group, after, limit, r))
+            .await
+    }
+
+    /// Stored events after `cursor` (resume point of an interface).
+    pub async fn events_since(
+        &self,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, NodeError> {
+        self.ask(|r| Request::EventsSince(cursor, limit, r)).await
+    }
+
+    /// Live events as they are committed. Subscribe, then read [`Node::events_since`] from
+    /// your cursor, and skip live events at or below the last one read: nothing is missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoredEvent> {
+        self.live.subscribe()
+    }
+
+    /// Stops the node: the actor finishes its current step, checkpoints and closes the store.
+    pub async fn stop(&self) -> Result<(), NodeError> {
+        let (done, stopped) = oneshot::channel();
+        self.requests
+            .send(Request::Stop(done))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        stopped.await.map_err(|_| NodeError::Stopped)
+    }
+}
