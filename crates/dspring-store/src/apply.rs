@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use dspring_proto::envelope::{Envelope, Position, Unverified};
-use dspring_proto::{Event, GroupId, Staged};
+use dspring_proto::{Event, GroupId, MemberId, Staged};
 use rusqlite::{OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -53,7 +53,18 @@ impl Store {
     /// group log, its outbox, its events and the deletion of the one-time prekeys it used. All
     /// or nothing; durable when this returns.
     pub fn apply(&mut self, staged: &Staged) -> Result<Committed, StoreError> {
-        self.apply_batch(&[staged])?
+        self.apply_welcoming(staged, &[])
+    }
+
+    /// [`Store::apply`], and the step's first envelope is a welcome for `recipients` too (a
+    /// group's create, for its initial members): it waits in [`Store::pending_welcomes`] until
+    /// delivered. Envelopes with `welcome_for` set are pending welcomes in any case.
+    pub fn apply_welcoming(
+        &mut self,
+        staged: &Staged,
+        recipients: &[MemberId],
+    ) -> Result<Committed, StoreError> {
+        self.apply_all(&[staged], recipients)?
             .pop()
             .ok_or_else(|| StoreError::invalid("empty batch"))
     }
@@ -62,6 +73,14 @@ impl Store {
     /// group must be in the order the core produced them; only the last state of each group is
     /// written, since the earlier ones are never visible on their own.
     pub fn apply_batch(&mut self, batch: &[&Staged]) -> Result<Vec<Committed>, StoreError> {
+        self.apply_all(batch, &[])
+    }
+
+    fn apply_all(
+        &mut self,
+        batch: &[&Staged],
+        first_welcomes: &[MemberId],
+    ) -> Result<Vec<Committed>, StoreError> {
         let mut last_state: HashMap<GroupId, usize> = HashMap::new();
         for (i, staged) in batch.iter().enumerate() {
             last_state.insert(staged.group.id(), i);
@@ -110,9 +129,20 @@ impl Store {
                 .get(&group)
                 .ok_or_else(|| StoreError::invalid("group row missing in batch"))?;
             let mut committed = Committed::default();
-            for outgoing in &staged.outbox {
+            for (n, outgoing) in staged.outbox.iter().enumerate() {
                 let (envelope_ref, new) = log_envelope(&tx, group_ref, &outgoing.bytes)?;
                 committed.new_envelopes += usize::from(new);
+                let extra = if n == 0 && results.is_empty() {
+                    first_welcomes
+                } else {
+                    &[]
+                };
+                for member in outgoing.welcome_for.iter().chain(extra) {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO pending_welcomes (member, envelope_ref) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![member.0, envelope_ref])?;
+                }
                 tx.prepare_cached(
                     "INSERT INTO outbox (envelope_ref, welcome_for) VALUES (?1, ?2)",
                 )?

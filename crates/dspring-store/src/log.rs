@@ -285,6 +285,72 @@ impl Store {
         Ok(out)
     }
 
+    /// Welcomes not yet delivered to `member`: (group, envelope), oldest first.
+    pub fn pending_welcomes(
+        &self,
+        member: &MemberId,
+    ) -> Result<Vec<(GroupId, Vec<u8>)>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT g.group_id, e.bytes, e.id FROM pending_welcomes w
+             JOIN envelopes e ON e.id = w.envelope_ref
+             JOIN groups g ON g.id = e.group_ref
+             WHERE w.member = ?1 ORDER BY e.id LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![member.0, page(MAX_PAGE)], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (group, bytes, id) = row?;
+            out.push((group_id_from(&group, "pending_welcomes", id)?, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Every member with a welcome waiting.
+    pub fn members_awaiting_welcome(&self) -> Result<Vec<MemberId>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT DISTINCT member FROM pending_welcomes ORDER BY member")?;
+        let rows = statement.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let member = row?;
+            let member = <[u8; 32]>::try_from(member.as_slice())
+                .map(MemberId)
+                .map_err(|_| {
+                    Corrupt::new(
+                        "pending_welcomes",
+                        hex(&member),
+                        "member id is not 32 bytes",
+                    )
+                })?;
+            out.push(member);
+        }
+        Ok(out)
+    }
+
+    /// The member took its welcome to `group` (or no longer needs it).
+    pub fn welcome_delivered(
+        &mut self,
+        member: &MemberId,
+        group: &GroupId,
+    ) -> Result<(), StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(());
+        };
+        self.conn.execute(
+            "DELETE FROM pending_welcomes WHERE member = ?1 AND envelope_ref IN
+                (SELECT id FROM envelopes WHERE group_ref = ?2)",
+            params![member.0, group_ref],
+        )?;
+        Ok(())
+    }
+
     /// Removes outbox entries the network has taken. Entries not removed (a crash before this
     /// call) are handed out again: delivery is at least once, and receivers drop replays.
     pub fn outbox_sent(&mut self, ids: &[u64]) -> Result<(), StoreError> {

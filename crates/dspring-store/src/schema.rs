@@ -106,6 +106,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX mailbox_by_hash ON mailbox_envelopes(group_id, hash);
     CREATE INDEX mailbox_by_age ON mailbox_envelopes(stored_ms);
     "#,
+    // 2: welcomes waiting for a member who was offline when added.
+    r#"
+    CREATE TABLE pending_welcomes (
+        member BLOB NOT NULL,
+        envelope_ref INTEGER NOT NULL REFERENCES envelopes(id),
+        PRIMARY KEY (member, envelope_ref)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -141,6 +149,31 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_database_is_migrated_keeping_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+            .unwrap();
+        conn.execute("INSERT INTO meta (key, value) VALUES ('k', x'01')", [])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: u32 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let kept: Vec<u8> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'k'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, [1]);
+        conn.query_row("SELECT count(*) FROM pending_welcomes", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    }
 
     #[test]
     fn migrates_once_and_refuses_newer() {

@@ -505,3 +505,37 @@ fn mailbox_stores_serves_and_expires_without_keys() {
     // A mailbox holds no group state.
     assert!(store.groups().unwrap().is_empty());
 }
+
+#[test]
+fn welcomes_wait_until_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(12);
+    let mut store = open(dir.path());
+    // A create is the welcome of its initial members.
+    let created = Group::create(&p.alice, GROUP, &[p.bob.bundle(None)], &mut p.rng).unwrap();
+    store.apply_welcoming(&created, &[p.bob.id()]).unwrap();
+    assert_eq!(
+        store.pending_welcomes(&p.bob.id()).unwrap(),
+        vec![(GROUP, created.outbox[0].bytes.clone())]
+    );
+    // An add carries its welcome_for.
+    let carol = Device::generate(1, &mut p.rng);
+    let added = created
+        .group
+        .add(&p.alice, &carol.bundle(None), &mut p.rng)
+        .unwrap();
+    store.apply(&added).unwrap();
+    let waiting = store.pending_welcomes(&carol.id()).unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].1, added.outbox[0].bytes);
+    assert_eq!(
+        store.members_awaiting_welcome().unwrap().len(),
+        2,
+        "bob and carol"
+    );
+    drop(store);
+    let mut store = open(dir.path());
+    store.welcome_delivered(&p.bob.id(), &GROUP).unwrap();
+    assert!(store.pending_welcomes(&p.bob.id()).unwrap().is_empty());
+    assert_eq!(store.members_awaiting_welcome().unwrap(), vec![carol.id()]);
+}
