@@ -25,10 +25,16 @@ const INTERNAL_QUEUE: usize = 256;
 /// How often the write-ahead log is folded back (forward secrecy on disk) and the outbox
 /// retried.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often welcomes for members who were offline are offered again.
+const WELCOME_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// A sync page stays well under the protocol's byte bound.
 const SYNC_PAGE_BYTES: usize = dspring_net::wire::MAX_SYNC_RESPONSE / 2;
 
 enum Internal {
+    WelcomeTaken {
+        member: MemberId,
+        group: GroupId,
+    },
     SyncPage {
         group: GroupId,
         peer: PeerId,
@@ -155,6 +161,7 @@ impl Actor {
         mut internal: mpsc::Receiver<Internal>,
     ) {
         let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+        let mut welcome_retry = tokio::time::interval(WELCOME_RETRY_INTERVAL);
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
@@ -175,6 +182,11 @@ impl Actor {
                 _ = maintenance.tick() => {
                     let _ = self.store.checkpoint();
                     self.pump_outbox().await;
+                }
+                _ = welcome_retry.tick() => {
+                    for member in self.store.members_awaiting_welcome().unwrap_or_default() {
+                        self.offer_welcomes(member);
+                    }
                 }
             }
         }
@@ -282,14 +294,12 @@ impl Actor {
         }
         let id = GroupId(random_seed()?);
         let staged = Group::create(&self.device, id, &bundles, &mut self.rng)?;
-        let create = staged.outbox.first().map(|o| o.bytes.clone());
-        self.commit(&staged).await?;
+        // The initial members do not follow the topic yet: the create is their welcome, kept
+        // until each has taken it.
+        self.commit_welcoming(&staged, members).await?;
         self.net.send(Command::Subscribe(id)).await?;
-        // The initial members do not follow the topic yet: the create is their welcome.
-        if let Some(create) = create {
-            for member in members {
-                self.send_direct(*member, id, create.clone());
-            }
+        for member in members {
+            self.offer_welcomes(*member);
         }
         Ok(id)
     }
@@ -307,7 +317,15 @@ impl Actor {
 
     /// Commits a step, then tells subscribers and hands the outbox to the network.
     async fn commit(&mut self, staged: &Staged) -> Result<(), NodeError> {
-        let committed = self.store.apply(staged)?;
+        self.commit_welcoming(staged, &[]).await
+    }
+
+    async fn commit_welcoming(
+        &mut self,
+        staged: &Staged,
+        welcome: &[MemberId],
+    ) -> Result<(), NodeError> {
+        let committed = self.store.apply_welcoming(staged, welcome)?;
         let id = staged.group.id();
         self.device.consume_prekeys(&staged.consumed_prekeys);
         self.groups.insert(id, staged.group.clone());
@@ -341,7 +359,7 @@ impl Actor {
                 tracing::debug!(%error, "publish");
             }
             if let Some(member) = entry.welcome_for {
-                self.send_direct(member, entry.group, entry.bytes);
+                self.offer_welcomes(member);
             }
             done.push(entry.id);
         }
@@ -350,20 +368,32 @@ impl Actor {
         }
     }
 
-    /// Delivers an envelope straight to a member (a welcome), in the background.
-    fn send_direct(&self, member: MemberId, group: GroupId, envelope: Vec<u8>) {
+    /// Offers a member the welcomes waiting for it, straight to its peer, in the background;
+    /// each is dropped from the store once the member answered.
+    fn offer_welcomes(&self, member: MemberId) {
         let Ok(peer) = dspring_net::identity::peer_id(&member) else {
             return;
         };
-        let net = self.net.clone();
-        tokio::spawn(async move {
-            if let Err(error) = net
-                .send_direct(peer, DirectRequest { group, envelope })
-                .await
-            {
-                tracing::debug!(%error, "direct delivery");
-            }
-        });
+        let Ok(welcomes) = self.store.pending_welcomes(&member) else {
+            return;
+        };
+        for (group, envelope) in welcomes {
+            let net = self.net.clone();
+            let internal = self.internal.clone();
+            tokio::spawn(async move {
+                match net
+                    .send_direct(peer, DirectRequest { group, envelope })
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = internal
+                            .send(Internal::WelcomeTaken { member, group })
+                            .await;
+                    }
+                    Err(error) => tracing::debug!(%error, "welcome not delivered yet"),
+                }
+            });
+        }
     }
 
     async fn net_event(&mut self, event: NetEvent) {
@@ -403,6 +433,7 @@ impl Actor {
                 let Some(member) = dspring_net::identity::member(&peer) else {
                     return;
                 };
+                self.offer_welcomes(member);
                 let shared: Vec<GroupId> = self
                     .groups
                     .iter()
@@ -538,6 +569,11 @@ impl Actor {
 
     async fn internal(&mut self, message: Internal) {
         match message {
+            Internal::WelcomeTaken { member, group } => {
+                if let Err(error) = self.store.welcome_delivered(&member, &group) {
+                    tracing::warn!(%error, "welcome bookkeeping");
+                }
+            }
             Internal::SyncPage {
                 group,
                 peer,

@@ -10,51 +10,11 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::time::Duration;
 
-use dspring_node::{Node, NodeConfig};
-use dspring_proto::{Event, GroupId};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn start(dir: &Path) -> Node {
-    let mut config = NodeConfig::new(dir);
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
-    config.mdns = false;
-    Node::start(config).await.unwrap()
-}
-
-/// The texts of a group's messages at a node (received and sent), in order.
-async fn texts(node: &Node, group: GroupId) -> Vec<String> {
-    node.messages(group, 0, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| match m.event {
-            Event::Message { plaintext, .. } | Event::Sent { plaintext, .. } => {
-                String::from_utf8(plaintext).unwrap()
-            }
-            other => panic!("not a message: {other:?}"),
-        })
-        .collect()
-}
-
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn has_all(node: &Node, group: GroupId, expected: &BTreeSet<String>) -> bool {
-    let got = texts(node, group).await;
-    let set: BTreeSet<String> = got.iter().cloned().collect();
-    assert_eq!(set.len(), got.len(), "a message appears twice: {got:?}");
-    &set == expected
-}
+use common::{has_all, introduce, start, until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_chat_and_a_returning_member_catches_up() {
@@ -63,16 +23,7 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
     let b = start(dirs[1].path()).await;
     let c = start(dirs[2].path()).await;
     let nodes = [&a, &b, &c];
-    for (i, node) in nodes.iter().enumerate() {
-        for (j, other) in nodes.iter().enumerate() {
-            if i != j {
-                let card = other.contact().await.unwrap();
-                // Cards travel as text.
-                let card = dspring_node::ContactCard::from_text(&card.to_text()).unwrap();
-                node.add_contact(card, &format!("node {j}")).await.unwrap();
-            }
-        }
-    }
+    introduce(&nodes).await;
 
     let group = a.create_group(&[b.id(), c.id()]).await.unwrap();
     for node in [&b, &c] {
