@@ -51,6 +51,10 @@ struct Actor {
     addresses: Vec<Multiaddr>,
     live: broadcast::Sender<StoredEvent>,
     internal: mpsc::Sender<Internal>,
+    /// Peers connected now: the periodic sync asks those that share a group.
+    connected: std::collections::HashSet<PeerId>,
+    /// Dropped with the actor, which ends every event stream.
+    _running: tokio::sync::watch::Sender<()>,
 }
 
 fn random_seed() -> Result<[u8; 32], NodeError> {
@@ -118,6 +122,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let (requests, request_rx) = mpsc::channel(COMMAND_QUEUE);
     let (live, _) = broadcast::channel(LIVE_EVENTS);
     let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
+    let (running, stopped) = tokio::sync::watch::channel(());
     let id = device.id();
     let actor = Actor {
         store,
@@ -128,6 +133,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         addresses,
         live: live.clone(),
         internal,
+        connected: std::collections::HashSet::new(),
+        _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
     // network's runtime; the store is never shared, so nothing here needs to be `Sync`.
@@ -139,7 +146,12 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         .name("dspring-node".into())
         .spawn(move || runtime.block_on(actor.run(request_rx, net_events, internal_rx)))
         .map_err(|e| dspring_net::NetworkError::Setup(e.to_string()))?;
-    Ok(Node { requests, live, id })
+    Ok(Node {
+        requests,
+        live,
+        stopped,
+        id,
+    })
 }
 
 async fn remember_addresses(net: &Network, member: &MemberId, addresses: &[String]) {
@@ -182,6 +194,11 @@ impl Actor {
                 _ = maintenance.tick() => {
                     let _ = self.store.checkpoint();
                     self.pump_outbox().await;
+                    // Catch up with connected members: gossip can miss an envelope (a peer
+                    // joined the mesh late, a message aged out of the cache).
+                    for peer in self.connected.clone() {
+                        self.sync_shared_groups(peer);
+                    }
                 }
                 _ = welcome_retry.tick() => {
                     for member in self.store.members_awaiting_welcome().unwrap_or_default() {
@@ -430,21 +447,28 @@ impl Actor {
                 let _ = self.net.send(Command::AnswerSync { id, response }).await;
             }
             NetEvent::Connected(peer) => {
-                let Some(member) = dspring_net::identity::member(&peer) else {
-                    return;
-                };
-                self.offer_welcomes(member);
-                let shared: Vec<GroupId> = self
-                    .groups
-                    .iter()
-                    .filter(|(_, g)| g.is_active() && g.members().contains(&member))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for group in shared {
-                    self.request_sync(group, peer, 0);
+                self.connected.insert(peer);
+                if let Some(member) = dspring_net::identity::member(&peer) {
+                    self.offer_welcomes(member);
                 }
+                self.sync_shared_groups(peer);
+            }
+            NetEvent::Disconnected(peer) => {
+                self.connected.remove(&peer);
             }
             _ => {}
+        }
+    }
+
+    /// Starts a sync of every active group this peer is a member of.
+    fn sync_shared_groups(&self, peer: PeerId) {
+        let Some(member) = dspring_net::identity::member(&peer) else {
+            return;
+        };
+        for (id, group) in &self.groups {
+            if group.is_active() && group.members().contains(&member) {
+                self.request_sync(*id, peer, 0);
+            }
         }
     }
 

@@ -3,6 +3,47 @@
 //! transaction → then events to subscribers and the outbox to the network: an envelope counts as
 //! delivered only once committed.
 //!
+//! ```
+//! use dspring_node::{Node, NodeConfig};
+//! use futures::StreamExt;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! tokio::runtime::Runtime::new()?.block_on(async {
+//!     // Two nodes, each with its own data directory, on loopback.
+//!     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+//!     let config = |dir: &std::path::Path| {
+//!         let mut config = NodeConfig::new(dir);
+//!         config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("address")];
+//!         config.mdns = false;
+//!         config
+//!     };
+//!     let alice = Node::start(config(dir_a.path())).await?;
+//!     let bob = Node::start(config(dir_b.path())).await?;
+//!
+//!     // They swap contact cards (as text), then Alice creates a group with Bob.
+//!     alice.add_contact(bob.contact().await?, "Bob").await?;
+//!     bob.add_contact(alice.contact().await?, "Alice").await?;
+//!     let group = alice.create_group(&[bob.id()]).await?;
+//!
+//!     // Bob follows his events from the start; Alice writes once Bob has joined.
+//!     let mut events = Box::pin(bob.events(0));
+//!     while !bob.groups().await?.contains(&group) {
+//!         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+//!     }
+//!     alice.send(group, b"hello Bob").await?;
+//!     while let Some(stored) = events.next().await {
+//!         if let dspring_proto::Event::Message { plaintext, .. } = stored.event {
+//!             assert_eq!(plaintext, b"hello Bob");
+//!             break;
+//!         }
+//!     }
+//!     alice.stop().await?;
+//!     bob.stop().await?;
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
 //! Status: the first part of issue #4. Built: start/stop on a data directory, contact cards,
 //! groups (create, add, remove, update, send), gossip in, direct welcomes, catch-up by sync with
 //! every member that connects, events from a cursor. Not yet built: mailboxes, DHT prekey
@@ -88,11 +129,21 @@ pub(crate) enum Request {
     Stop(oneshot::Sender<()>),
 }
 
+struct EventsState {
+    node: Node,
+    cursor: u64,
+    live: broadcast::Receiver<StoredEvent>,
+    stopped: tokio::sync::watch::Receiver<()>,
+    backlog: std::collections::VecDeque<StoredEvent>,
+}
+
 /// A running node. Cheap to clone; every clone talks to the same actor.
 #[derive(Clone, Debug)]
 pub struct Node {
     requests: mpsc::Sender<Request>,
     live: broadcast::Sender<StoredEvent>,
+    /// Resolves (with an error) when the actor has stopped.
+    stopped: tokio::sync::watch::Receiver<()>,
     id: MemberId,
 }
 
@@ -183,13 +234,50 @@ impl Node {
         self.ask(|r| Request::EventsSince(cursor, limit, r)).await
     }
 
-    /// Live events as they are committed. Subscribe, then read [`Node::events_since`] from
-    /// your cursor, and skip live events at or below the last one read: nothing is missed.
-    pub fn subscribe(&self) -> broadcast::Receiver<StoredEvent> {
-        self.live.subscribe()
+    /// Every event after `cursor`: first those stored, then live ones as they commit, in
+    /// cursor order, none missed and none twice (a subscriber that falls behind the live
+    /// buffer reads the gap back from the store). Ends when the node stops.
+    pub fn events(&self, cursor: u64) -> impl futures::Stream<Item = StoredEvent> + use<> {
+        let state = EventsState {
+            node: self.clone(),
+            cursor,
+            live: self.live.subscribe(),
+            stopped: self.stopped.clone(),
+            backlog: std::collections::VecDeque::new(),
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(event) = state.backlog.pop_front() {
+                    state.cursor = event.cursor;
+                    return Some((event, state));
+                }
+                let stored = state
+                    .node
+                    .events_since(state.cursor, dspring_store::MAX_PAGE)
+                    .await
+                    .ok()?;
+                if !stored.is_empty() {
+                    state.backlog.extend(stored);
+                    continue;
+                }
+                let live = tokio::select! {
+                    live = state.live.recv() => live,
+                    _ = state.stopped.changed() => return None,
+                };
+                match live {
+                    Ok(event) if event.cursor > state.cursor => {
+                        state.cursor = event.cursor;
+                        return Some((event, state));
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
     }
 
     /// Stops the node: the actor finishes its current step, checkpoints and closes the store.
+    /// Live event streams end.
     pub async fn stop(&self) -> Result<(), NodeError> {
         let (done, stopped) = oneshot::channel();
         self.requests

@@ -15,6 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{has_all, introduce, start, until};
+use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_chat_and_a_returning_member_catches_up() {
@@ -68,6 +69,13 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
     let members: BTreeSet<_> = c.members(group).await.unwrap().into_iter().collect();
     assert_eq!(members, [a.id(), b.id(), c.id()].into_iter().collect());
 
+    // The event stream gives exactly the stored events, in order, then live ones.
+    let stored = a.events_since(0, 1000).await.unwrap();
+    let mut stream = Box::pin(a.events(0));
+    for expected_event in &stored {
+        assert_eq!(stream.next().await.as_ref(), Some(expected_event));
+    }
+
     // And the conversation goes on both ways.
     c.send(group, b"back again").await.unwrap();
     expected.insert("back again".into());
@@ -77,4 +85,14 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
         })
         .await;
     }
+    // C's message reached A's stream live, after everything stored before.
+    let live = stream.next().await.unwrap();
+    assert!(live.cursor > stored.last().unwrap().cursor);
+    // The stream ends when the node stops.
+    a.stop().await.unwrap();
+    tokio::time::timeout(common::WAIT, async {
+        while stream.next().await.is_some() {}
+    })
+    .await
+    .expect("the event stream did not end with the node");
 }
