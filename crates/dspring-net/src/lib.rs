@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use network::{
     Command, Config, EVENT_QUEUE, Event, InboundId, MAX_PENDING_INBOUND, Network, NetworkError,
-    spawn,
+    Verdict, spawn,
 };

@@ -49,6 +49,17 @@ impl Default for Config {
     }
 }
 
+/// What the node makes of a gossip message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: forward it to the mesh.
+    Accept,
+    /// Not forwarded, no penalty (it may be valid but cannot be checked yet).
+    Ignore,
+    /// Invalid: dropped, and the peer that sent it is penalised.
+    Reject,
+}
+
 /// Names an inbound request until the node answers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InboundId(u64);
@@ -67,11 +78,11 @@ pub enum Command {
         envelope: Vec<u8>,
         done: oneshot::Sender<Result<(), NetworkError>>,
     },
-    /// The node's verdict on a gossip message: forward it, or reject (and penalise the peer).
+    /// The node's verdict on a gossip message.
     Validate {
         message_id: MessageId,
         source: PeerId,
-        accept: bool,
+        verdict: Verdict,
     },
     SendDirect {
         peer: PeerId,
@@ -337,12 +348,12 @@ impl Task {
             Command::Validate {
                 message_id,
                 source,
-                accept,
+                verdict,
             } => {
-                let acceptance = if accept {
-                    MessageAcceptance::Accept
-                } else {
-                    MessageAcceptance::Reject
+                let acceptance = match verdict {
+                    Verdict::Accept => MessageAcceptance::Accept,
+                    Verdict::Ignore => MessageAcceptance::Ignore,
+                    Verdict::Reject => MessageAcceptance::Reject,
                 };
                 behaviour.gossipsub.report_message_validation_result(
                     &message_id,

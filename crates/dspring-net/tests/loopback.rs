@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use dspring_net::wire::{DirectRequest, DirectResponse, Mark, SyncRequest, SyncResponse};
-use dspring_net::{Command, Config, Event, Network, identity, spawn};
+use dspring_net::{Command, Config, Event, Network, Verdict, identity, spawn};
 use dspring_proto::{Device, GroupId};
 use libp2p::Multiaddr;
 use rand_chacha::ChaCha20Rng;
@@ -116,7 +116,7 @@ async fn gossip_direct_and_sync_between_real_nodes() {
             .send(Command::Validate {
                 message_id,
                 source,
-                accept: true,
+                verdict: Verdict::Accept,
             })
             .await
             .unwrap();

@@ -6,9 +6,9 @@ use std::time::Duration;
 use dspring_net::wire::{
     DirectRequest, DirectResponse, MAX_SYNC_PAGE, Mark, SyncRequest, SyncResponse,
 };
-use dspring_net::{Command, Event as NetEvent, InboundId, Network};
+use dspring_net::{Command, Event as NetEvent, InboundId, Network, Verdict};
 use dspring_proto::envelope::{Envelope, Position, Unverified};
-use dspring_proto::{Device, Group, GroupId, MemberId, Staged};
+use dspring_proto::{Device, Group, GroupId, MemberId, ReceiveError, Staged};
 use dspring_store::{Contact, MAX_PAGE, Store, StoredEvent};
 use libp2p::{Multiaddr, PeerId};
 use rand_chacha::ChaCha20Rng;
@@ -179,6 +179,9 @@ impl Actor {
                 request = requests.recv() => match request {
                     Some(Request::Stop(done)) => {
                         let _ = self.store.checkpoint();
+                        // Close the store (and its lock) before saying so: the caller may
+                        // reopen the data directory at once.
+                        drop(self);
                         let _ = done.send(());
                         return;
                     }
@@ -424,19 +427,19 @@ impl Actor {
                 source,
                 envelope,
             } => {
-                let accept = self.receive(group, envelope).await;
+                let verdict = self.gossip_verdict(group, envelope).await;
                 let _ = self
                     .net
                     .send(Command::Validate {
                         message_id,
                         source,
-                        accept,
+                        verdict,
                     })
                     .await;
             }
             NetEvent::Direct { id, peer, request } => {
                 let accepted = if self.groups.contains_key(&request.group) {
-                    self.receive(request.group, request.envelope).await
+                    self.gossip_verdict(request.group, request.envelope).await == Verdict::Accept
                 } else {
                     self.join(request.group, request.envelope, peer).await
                 };
@@ -480,6 +483,33 @@ impl Actor {
                 response: DirectResponse { accepted },
             })
             .await;
+    }
+
+    /// Gossip (and direct envelopes of known groups) go to the core only from senders this
+    /// member knows: anyone else could fill
+    /// the delivery buffer with junk. A newcomer's first envelopes arrive by sync instead, once
+    /// its add is known.
+    async fn gossip_verdict(&mut self, group: GroupId, envelope: Vec<u8>) -> Verdict {
+        let Some(state) = self.groups.get(&group) else {
+            return Verdict::Ignore;
+        };
+        let sender = match Unverified::<Envelope>::parse(envelope.clone()) {
+            Ok(parsed) => parsed.sender(),
+            Err(_) => return Verdict::Reject,
+        };
+        if !state.knows_sender(sender) {
+            // Not forwarded and not buffered, but not penalised either: it may be a member
+            // whose add has not reached us yet, relayed by an honest peer.
+            return Verdict::Ignore;
+        }
+        match state.receive(&self.device, envelope, &mut self.rng) {
+            Ok(staged) => match self.commit(&staged).await {
+                Ok(()) => Verdict::Accept,
+                // Our storage failed: say nothing about the message.
+                Err(_) => Verdict::Ignore,
+            },
+            Err(error) => verdict_of(&error),
+        }
     }
 
     /// Takes an envelope of a known group through the core and commits it; true if accepted.
@@ -611,6 +641,19 @@ impl Actor {
                 }
             }
         }
+    }
+}
+
+/// Whether a refused envelope is the sender's fault (penalise) or just not usable here.
+fn verdict_of(error: &ReceiveError) -> Verdict {
+    match error {
+        ReceiveError::Malformed(_)
+        | ReceiveError::BadSignature(_)
+        | ReceiveError::NotAMember
+        | ReceiveError::OutOfOrder(_)
+        | ReceiveError::Undecryptable(_)
+        | ReceiveError::Protocol(_) => Verdict::Reject,
+        _ => Verdict::Ignore,
     }
 }
 

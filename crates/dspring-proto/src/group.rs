@@ -226,6 +226,16 @@ impl Group {
             .unwrap_or_default()
     }
 
+    /// Whether `sender` names someone this member knows in the group (a member now, or one
+    /// added or removed before). A network layer can refuse to forward, or to buffer,
+    /// envelopes of anyone else: a newcomer's envelopes reach this member by sync once it
+    /// knows of the newcomer.
+    pub fn knows_sender(&self, sender: ShortId) -> bool {
+        self.active
+            .as_ref()
+            .is_some_and(|a| a.resolve(sender).is_some())
+    }
+
     /// Envelopes waiting in the delivery buffer for what they depend on.
     pub fn buffered(&self) -> usize {
         self.active.as_ref().map_or(0, |a| a.buffer.len())
