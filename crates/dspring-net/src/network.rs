@@ -259,10 +259,8 @@ pub fn spawn(
         events: event_tx,
         topics: HashMap::new(),
         next_inbound: 0,
-        direct_channels: HashMap::new(),
-        sync_channels: HashMap::new(),
-        pending_direct: HashMap::new(),
-        pending_sync: HashMap::new(),
+        direct: Exchange::new(),
+        sync: Exchange::new(),
     };
     tokio::spawn(task.run());
     Ok((
@@ -281,11 +279,70 @@ struct Task {
     /// Subscribed topics, to name the group of a gossip message.
     topics: HashMap<TopicHash, GroupId>,
     next_inbound: u64,
-    direct_channels: HashMap<InboundId, ResponseChannel<DirectResponse>>,
-    sync_channels: HashMap<InboundId, ResponseChannel<SyncResponse>>,
-    pending_direct:
-        HashMap<OutboundRequestId, oneshot::Sender<Result<DirectResponse, NetworkError>>>,
-    pending_sync: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetworkError>>>,
+    direct: Exchange<DirectRequest, DirectResponse>,
+    sync: Exchange<SyncRequest, SyncResponse>,
+}
+
+/// The requests of one request-response protocol in flight, both ways.
+struct Exchange<Request, Response> {
+    /// Inbound requests waiting for the node's answer.
+    inbound: HashMap<InboundId, ResponseChannel<Response>>,
+    /// Our requests waiting for the peer's answer.
+    outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetworkError>>>,
+    _request: std::marker::PhantomData<Request>,
+}
+
+impl<Request, Response> Exchange<Request, Response> {
+    fn new() -> Self {
+        Self {
+            inbound: HashMap::new(),
+            outbound: HashMap::new(),
+            _request: std::marker::PhantomData,
+        }
+    }
+
+    /// Settles responses and failures; returns a new inbound request for the node, unless too
+    /// many wait already (then it is dropped and the peer's request times out).
+    fn on_event(
+        &mut self,
+        event: request_response::Event<Request, Response>,
+        next_inbound: &mut u64,
+    ) -> Option<(InboundId, PeerId, Request)> {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if self.inbound.len() >= MAX_PENDING_INBOUND {
+                        return None;
+                    }
+                    *next_inbound += 1;
+                    let id = InboundId(*next_inbound);
+                    self.inbound.insert(id, channel);
+                    Some((id, peer, request))
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(done) = self.outbound.remove(&request_id) {
+                        let _ = done.send(Ok(response));
+                    }
+                    None
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(done) = self.outbound.remove(&request_id) {
+                    let _ = done.send(Err(NetworkError::Request(error.to_string())));
+                }
+                None
+            }
+            request_response::Event::InboundFailure { .. }
+            | request_response::Event::ResponseSent { .. } => None,
+        }
+    }
 }
 
 impl Task {
@@ -304,11 +361,6 @@ impl Task {
                 }
             }
         }
-    }
-
-    fn inbound_id(&mut self) -> InboundId {
-        self.next_inbound += 1;
-        InboundId(self.next_inbound)
     }
 
     fn command(&mut self, command: Command) {
@@ -367,10 +419,10 @@ impl Task {
                 done,
             } => {
                 let id = behaviour.direct.send_request(&peer, request);
-                self.pending_direct.insert(id, done);
+                self.direct.outbound.insert(id, done);
             }
             Command::AnswerDirect { id, response } => {
-                if let Some(channel) = self.direct_channels.remove(&id) {
+                if let Some(channel) = self.direct.inbound.remove(&id) {
                     let _ = behaviour.direct.send_response(channel, response);
                 }
             }
@@ -380,10 +432,10 @@ impl Task {
                 done,
             } => {
                 let id = behaviour.sync.send_request(&peer, request);
-                self.pending_sync.insert(id, done);
+                self.sync.outbound.insert(id, done);
             }
             Command::AnswerSync { id, response } => {
-                if let Some(channel) = self.sync_channels.remove(&id) {
+                if let Some(channel) = self.sync.inbound.remove(&id) {
                     let _ = behaviour.sync.send_response(channel, response);
                 }
             }
@@ -447,72 +499,14 @@ impl Task {
                     group: *group,
                 })
             }
-            BehaviourEvent::Direct(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        if self.direct_channels.len() >= MAX_PENDING_INBOUND {
-                            return None;
-                        }
-                        let id = self.inbound_id();
-                        self.direct_channels.insert(id, channel);
-                        Some(Event::Direct { id, peer, request })
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(done) = self.pending_direct.remove(&request_id) {
-                            let _ = done.send(Ok(response));
-                        }
-                        None
-                    }
-                }
-            }
-            BehaviourEvent::Direct(request_response::Event::OutboundFailure {
-                request_id,
-                error,
-                ..
-            }) => {
-                if let Some(done) = self.pending_direct.remove(&request_id) {
-                    let _ = done.send(Err(NetworkError::Request(error.to_string())));
-                }
-                None
-            }
-            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => {
-                        if self.sync_channels.len() >= MAX_PENDING_INBOUND {
-                            return None;
-                        }
-                        let id = self.inbound_id();
-                        self.sync_channels.insert(id, channel);
-                        Some(Event::SyncRequested { id, peer, request })
-                    }
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => {
-                        if let Some(done) = self.pending_sync.remove(&request_id) {
-                            let _ = done.send(Ok(response));
-                        }
-                        None
-                    }
-                }
-            }
-            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
-                request_id,
-                error,
-                ..
-            }) => {
-                if let Some(done) = self.pending_sync.remove(&request_id) {
-                    let _ = done.send(Err(NetworkError::Request(error.to_string())));
-                }
-                None
-            }
+            BehaviourEvent::Direct(event) => self
+                .direct
+                .on_event(event, &mut self.next_inbound)
+                .map(|(id, peer, request)| Event::Direct { id, peer, request }),
+            BehaviourEvent::Sync(event) => self
+                .sync
+                .on_event(event, &mut self.next_inbound)
+                .map(|(id, peer, request)| Event::SyncRequested { id, peer, request }),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // What a peer says it listens on goes into the DHT routing table.
                 for address in info.listen_addrs {
