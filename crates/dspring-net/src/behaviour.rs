@@ -73,10 +73,15 @@ impl Behaviour {
             .map_err(|e| e.to_string())?;
         let mut gossipsub =
             gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossipsub_config)?;
-        gossipsub.with_peer_score(
-            gossipsub::PeerScoreParams::default(),
-            gossipsub::PeerScoreThresholds::default(),
-        )?;
+        let mut score = gossipsub::PeerScoreParams::default();
+        // Many peers on one IP are penalised as a likely Sybil attack; peers on this host
+        // (tests, several nodes on one machine) are not an attack, and without this they are
+        // scored below the graylist and gossip stops.
+        score.ip_colocation_factor_whitelist.extend([
+            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]);
+        gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
         let mut kad = kad::Behaviour::with_config(
             peer_id,
             kad::store::MemoryStore::new(peer_id),
