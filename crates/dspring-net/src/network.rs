@@ -165,15 +165,23 @@ impl Network {
             .map_err(|_| NetworkError::Stopped)
     }
 
-    pub async fn publish(&self, group: GroupId, envelope: Vec<u8>) -> Result<(), NetworkError> {
+    /// Sends a command that carries a reply channel, and waits for the reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetworkError> {
         let (done, result) = oneshot::channel();
-        self.send(Command::Publish {
+        self.send(command(done)).await?;
+        result.await.map_err(|_| NetworkError::Stopped)
+    }
+
+    pub async fn publish(&self, group: GroupId, envelope: Vec<u8>) -> Result<(), NetworkError> {
+        self.ask(|done| Command::Publish {
             group,
             envelope,
             done,
         })
-        .await?;
-        result.await.map_err(|_| NetworkError::Stopped)?
+        .await?
     }
 
     pub async fn send_direct(
@@ -181,14 +189,12 @@ impl Network {
         peer: PeerId,
         request: DirectRequest,
     ) -> Result<DirectResponse, NetworkError> {
-        let (done, result) = oneshot::channel();
-        self.send(Command::SendDirect {
+        self.ask(|done| Command::SendDirect {
             peer,
             request,
             done,
         })
-        .await?;
-        result.await.map_err(|_| NetworkError::Stopped)?
+        .await?
     }
 
     pub async fn sync(
@@ -196,20 +202,16 @@ impl Network {
         peer: PeerId,
         request: SyncRequest,
     ) -> Result<SyncResponse, NetworkError> {
-        let (done, result) = oneshot::channel();
-        self.send(Command::Sync {
+        self.ask(|done| Command::Sync {
             peer,
             request,
             done,
         })
-        .await?;
-        result.await.map_err(|_| NetworkError::Stopped)?
+        .await?
     }
 
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetworkError> {
-        let (done, result) = oneshot::channel();
-        self.send(Command::ListenAddresses(done)).await?;
-        result.await.map_err(|_| NetworkError::Stopped)
+        self.ask(Command::ListenAddresses).await
     }
 }
 

@@ -276,6 +276,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_announcing_more_than_the_bound_is_refused_before_reading() {
+        // Claims 4 GiB; the reader must refuse on the length alone, not allocate and wait.
+        let mut claim = u32::MAX.to_be_bytes().to_vec();
+        claim.extend_from_slice(b"tiny");
+        let mut stream = futures::io::Cursor::new(claim);
+        let result = futures::executor::block_on(read_framed::<SyncRequest, _>(
+            &mut stream,
+            MAX_SYNC_REQUEST,
+        ));
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        // Within the bound, a well-formed frame reads back.
+        let request = DirectRequest {
+            group: GroupId([1; 32]),
+            envelope: vec![7; 100],
+        };
+        let mut stream = futures::io::Cursor::new(encode(&request, MAX_DIRECT_REQUEST).unwrap());
+        let read = futures::executor::block_on(read_framed::<DirectRequest, _>(
+            &mut stream,
+            MAX_DIRECT_REQUEST,
+        ))
+        .unwrap();
+        assert_eq!(read, request);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_the_decoders() {
         let mut seed = 0x1234_5678_u64;
         for len in 0..300 {

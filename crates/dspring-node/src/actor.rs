@@ -7,7 +7,7 @@ use dspring_net::wire::{
     DirectRequest, DirectResponse, MAX_SYNC_PAGE, Mark, SyncRequest, SyncResponse,
 };
 use dspring_net::{Command, Event as NetEvent, InboundId, Network, Verdict};
-use dspring_proto::envelope::{Envelope, Position, Unverified};
+use dspring_proto::envelope::{Envelope, Unverified};
 use dspring_proto::{Device, Group, GroupId, MemberId, ReceiveError, Staged};
 use dspring_store::{Contact, MAX_PAGE, Store, StoredEvent};
 use libp2p::{Multiaddr, PeerId};
@@ -590,34 +590,20 @@ impl Actor {
         if !is_member {
             return empty;
         }
-        let marks: HashMap<_, _> = request.marks.iter().map(|m| (m.sender, *m)).collect();
-        let mut envelopes = Vec::new();
-        let mut bytes = 0;
-        let mut after = request.token;
-        loop {
-            let Ok(page) = self.store.log_page(&request.group, after, MAX_PAGE) else {
-                return empty;
-            };
-            let Some(last) = page.last().map(|e| e.id) else {
-                return SyncResponse {
-                    envelopes,
-                    next: None,
-                };
-            };
-            for entry in page {
-                if envelopes.len() >= MAX_SYNC_PAGE || bytes + entry.bytes.len() > SYNC_PAGE_BYTES {
-                    return SyncResponse {
-                        envelopes,
-                        next: Some(after),
-                    };
-                }
-                after = entry.id;
-                if lacks(&marks, &entry.bytes) {
-                    bytes += entry.bytes.len();
-                    envelopes.push(entry.bytes);
-                }
-            }
-            after = after.max(last);
+        let marks: HashMap<_, _> = request
+            .marks
+            .iter()
+            .map(|m| (m.sender, (m.control_seq, m.application)))
+            .collect();
+        match self.store.log_lacking(
+            &request.group,
+            request.token,
+            &marks,
+            MAX_SYNC_PAGE,
+            SYNC_PAGE_BYTES,
+        ) {
+            Ok((envelopes, next)) => SyncResponse { envelopes, next },
+            Err(_) => empty,
         }
     }
 
@@ -654,21 +640,5 @@ fn verdict_of(error: &ReceiveError) -> Verdict {
         | ReceiveError::Undecryptable(_)
         | ReceiveError::Protocol(_) => Verdict::Reject,
         _ => Verdict::Ignore,
-    }
-}
-
-/// Whether a requester with these marks lacks this envelope.
-fn lacks(marks: &HashMap<dspring_proto::ids::ShortId, Mark>, bytes: &[u8]) -> bool {
-    let Ok(envelope) = Unverified::<Envelope>::parse(bytes.to_vec()) else {
-        return false;
-    };
-    let Some(mark) = marks.get(&envelope.sender()) else {
-        return true;
-    };
-    match envelope.position() {
-        Position::Control { seq, .. } => *seq > mark.control_seq,
-        Position::Application { epoch, index } => {
-            mark.application.is_none_or(|held| (*epoch, *index) > held)
-        }
     }
 }

@@ -59,7 +59,7 @@ pub use at_rest::{
 };
 pub use contacts::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN};
 pub use error::{Corrupt, OpenError, StoreError};
-pub use log::{LogEntry, OutboxEntry, SenderMark, StoredEvent};
+pub use log::{HeldMark, LogEntry, OutboxEntry, SenderMark, StoredEvent};
 pub use mailbox::MailboxGroup;
 pub use schema::SCHEMA_VERSION;
 

@@ -1,5 +1,7 @@
 //! Reading back: group states, group logs, sender marks, messages, the event log, the outbox.
 
+use std::collections::HashMap;
+
 use dspring_proto::ids::ShortId;
 use dspring_proto::{Event, Group, GroupId, MemberId};
 use rusqlite::{OptionalExtension, params};
@@ -37,6 +39,9 @@ pub struct SenderMark {
     /// Envelopes of this sender in the log.
     pub envelopes: u64,
 }
+
+/// What a peer holds of one sender: highest control seq, highest application (epoch, index).
+pub type HeldMark = (u64, Option<(u64, u64)>);
 
 /// An envelope waiting to be handed to the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +104,67 @@ impl Store {
             "SELECT id, bytes FROM envelopes WHERE group_ref = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             params![group_ref, to_sql_int(after)?, page(limit)],
         )
+    }
+
+    /// Envelopes of a group's log after position `after` that a peer with these marks lacks
+    /// (per sender: highest control seq held, highest application position held), oldest
+    /// first, at most `max_count` envelopes and `max_bytes` bytes (but always at least one). Decided from the positions
+    /// stored with each envelope; nothing is parsed again. Returns the envelopes and, if the
+    /// log goes on, the position to continue after.
+    pub fn log_lacking(
+        &self,
+        group: &GroupId,
+        after: u64,
+        marks: &HashMap<ShortId, HeldMark>,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok((Vec::new(), None));
+        };
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, sender, control_seq, epoch, idx, bytes FROM envelopes
+             WHERE group_ref = ?1 AND id > ?2 ORDER BY id",
+        )?;
+        let mut rows = statement.query(params![group_ref, to_sql_int(after)?])?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut position = after;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let key = format!("row {id}");
+            let sender: Vec<u8> = row.get(1)?;
+            let sender = <[u8; 8]>::try_from(sender.as_slice())
+                .map(ShortId)
+                .map_err(|_| Corrupt::new("envelopes", key.clone(), "sender is not 8 bytes"))?;
+            let control: Option<i64> = row.get(2)?;
+            let epoch: Option<i64> = row.get(3)?;
+            let index: Option<i64> = row.get(4)?;
+            let lacked = match (marks.get(&sender), control, epoch, index) {
+                (None, ..) => true,
+                (Some((held, _)), Some(seq), _, _) => from_sql_int(seq, "envelopes", &key)? > *held,
+                (Some((_, held)), None, Some(epoch), Some(index)) => {
+                    let at = (
+                        from_sql_int(epoch, "envelopes", &key)?,
+                        from_sql_int(index, "envelopes", &key)?,
+                    );
+                    held.is_none_or(|held| at > held)
+                }
+                _ => return Err(Corrupt::new("envelopes", key, "no position").into()),
+            };
+            if lacked {
+                let envelope: Vec<u8> = row.get(5)?;
+                // The first one always goes, so that every page makes progress.
+                if !out.is_empty() && (out.len() >= max_count || bytes + envelope.len() > max_bytes)
+                {
+                    return Ok((out, Some(position)));
+                }
+                bytes += envelope.len();
+                out.push(envelope);
+            }
+            position = from_sql_int(id, "envelopes", &key)?;
+        }
+        Ok((out, None))
     }
 
     /// Runs a query of `(id, bytes)` rows of `table` into log entries.

@@ -539,3 +539,64 @@ fn welcomes_wait_until_delivered() {
     assert!(store.pending_welcomes(&p.bob.id()).unwrap().is_empty());
     assert_eq!(store.members_awaiting_welcome().unwrap(), vec![carol.id()]);
 }
+
+#[test]
+fn log_lacking_returns_what_the_marks_do_not_cover_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(13);
+    let mut store = open(dir.path());
+    store.apply(&p.bob_join).unwrap();
+    let mut group = p.bob_join.group.clone();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let staged = group.send(format!("m{i}").as_bytes()).unwrap();
+        sent.push(staged.outbox[0].bytes.clone());
+        store.apply(&staged).unwrap();
+        group = staged.group;
+    }
+    let log: Vec<Vec<u8>> = store
+        .log_page(&GROUP, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    // No marks: everything.
+    let none = std::collections::HashMap::new();
+    let (all, next) = store
+        .log_lacking(&GROUP, 0, &none, 100, usize::MAX)
+        .unwrap();
+    assert_eq!((all, next), (log.clone(), None));
+    // Marks covering Bob's first three messages and every control message.
+    let position = |bytes: &[u8]| match dspring_proto::envelope::Unverified::<
+        dspring_proto::envelope::Envelope,
+    >::parse(bytes.to_vec())
+    .unwrap()
+    .position()
+    {
+        dspring_proto::envelope::Position::Application { epoch, index } => (*epoch, *index),
+        _ => unreachable!(),
+    };
+    let mut marks = std::collections::HashMap::new();
+    marks.insert(p.bob.id().short(), (u64::MAX, Some(position(&sent[2]))));
+    marks.insert(p.alice.id().short(), (u64::MAX, None));
+    let (lacking, next) = store
+        .log_lacking(&GROUP, 0, &marks, 100, usize::MAX)
+        .unwrap();
+    assert_eq!(lacking, sent[3..].to_vec());
+    assert_eq!(next, None);
+    // Pages: one envelope at a time, continuing from the returned position.
+    let (first, next) = store.log_lacking(&GROUP, 0, &marks, 1, usize::MAX).unwrap();
+    assert_eq!(first, vec![sent[3].clone()]);
+    let (second, next) = store
+        .log_lacking(&GROUP, next.unwrap(), &marks, 1, usize::MAX)
+        .unwrap();
+    assert_eq!(second, vec![sent[4].clone()]);
+    assert_eq!(next, None);
+    // A byte budget smaller than one envelope still makes progress: one per page.
+    let (one, next) = store.log_lacking(&GROUP, 0, &none, 100, 10).unwrap();
+    assert_eq!(one, vec![log[0].clone()]);
+    let (two, _) = store
+        .log_lacking(&GROUP, next.unwrap(), &none, 100, 10)
+        .unwrap();
+    assert_eq!(two, vec![log[1].clone()]);
+}
