@@ -10,7 +10,7 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Codec, DIRECT_PROTOCOL, Direct, SYNC_PROTOCOL, Sync};
+use crate::wire::{Codec, DIRECT_PROTOCOL, Direct, MAILBOX_PROTOCOL, Mailbox, SYNC_PROTOCOL, Sync};
 
 /// Our Kademlia protocol name: a DHT of dspring nodes only, apart from the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/kad/1.0.0");
@@ -34,6 +34,7 @@ pub(crate) struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub direct: request_response::Behaviour<Codec<Direct>>,
     pub sync: request_response::Behaviour<Codec<Sync>>,
+    pub mailbox: request_response::Behaviour<Codec<Mailbox>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
@@ -115,6 +116,11 @@ impl Behaviour {
             sync: request_response::Behaviour::with_codec(
                 Codec::default(),
                 [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_config.clone(),
+            ),
+            mailbox: request_response::Behaviour::with_codec(
+                Codec::default(),
+                [(MAILBOX_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_config,
             ),
             mdns: mdns.into(),

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent, Options};
 use crate::topic;
-use crate::wire::{DirectRequest, DirectResponse, SyncRequest, SyncResponse};
+use crate::wire::{
+    DirectRequest, DirectResponse, MailboxRequest, MailboxResponse, SyncRequest, SyncResponse,
+};
 
 /// Events waiting for the node; when full, the network stops reading the swarm until the node
 /// catches up (backpressure, not loss).
@@ -102,6 +104,15 @@ pub enum Command {
         id: InboundId,
         response: SyncResponse,
     },
+    Mailbox {
+        peer: PeerId,
+        request: MailboxRequest,
+        done: oneshot::Sender<Result<MailboxResponse, NetworkError>>,
+    },
+    AnswerMailbox {
+        id: InboundId,
+        response: MailboxResponse,
+    },
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -134,6 +145,12 @@ pub enum Event {
         id: InboundId,
         peer: PeerId,
         request: SyncRequest,
+    },
+    /// Answer with [`Command::AnswerMailbox`].
+    MailboxRequested {
+        id: InboundId,
+        peer: PeerId,
+        request: MailboxRequest,
     },
 }
 
@@ -210,6 +227,19 @@ impl Network {
         .await?
     }
 
+    pub async fn mailbox(
+        &self,
+        peer: PeerId,
+        request: MailboxRequest,
+    ) -> Result<MailboxResponse, NetworkError> {
+        self.ask(|done| Command::Mailbox {
+            peer,
+            request,
+            done,
+        })
+        .await?
+    }
+
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         self.ask(Command::ListenAddresses).await
     }
@@ -263,6 +293,7 @@ pub fn spawn(
         next_inbound: 0,
         direct: Exchange::new(),
         sync: Exchange::new(),
+        mailbox: Exchange::new(),
     };
     tokio::spawn(task.run());
     Ok((
@@ -283,6 +314,7 @@ struct Task {
     next_inbound: u64,
     direct: Exchange<DirectRequest, DirectResponse>,
     sync: Exchange<SyncRequest, SyncResponse>,
+    mailbox: Exchange<MailboxRequest, MailboxResponse>,
 }
 
 /// The requests of one request-response protocol in flight, both ways.
@@ -441,6 +473,19 @@ impl Task {
                     let _ = behaviour.sync.send_response(channel, response);
                 }
             }
+            Command::Mailbox {
+                peer,
+                request,
+                done,
+            } => {
+                let id = behaviour.mailbox.send_request(&peer, request);
+                self.mailbox.outbound.insert(id, done);
+            }
+            Command::AnswerMailbox { id, response } => {
+                if let Some(channel) = self.mailbox.inbound.remove(&id) {
+                    let _ = behaviour.mailbox.send_response(channel, response);
+                }
+            }
             Command::ListenAddresses(done) => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
             }
@@ -509,6 +554,10 @@ impl Task {
                 .sync
                 .on_event(event, &mut self.next_inbound)
                 .map(|(id, peer, request)| Event::SyncRequested { id, peer, request }),
+            BehaviourEvent::Mailbox(event) => self
+                .mailbox
+                .on_event(event, &mut self.next_inbound)
+                .map(|(id, peer, request)| Event::MailboxRequested { id, peer, request }),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // What a peer says it listens on goes into the DHT routing table.
                 for address in info.listen_addrs {

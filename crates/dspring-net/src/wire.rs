@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/direct/1");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/sync/1");
+pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/mailbox/1");
 
 /// A direct delivery is one envelope plus its group: the envelope bound and a little framing.
 pub const MAX_DIRECT_REQUEST: usize = MAX_ENVELOPE_LEN + 256;
@@ -25,6 +26,45 @@ pub const MAX_SYNC_REQUEST: usize = 64 << 10;
 pub const MAX_SYNC_PAGE: usize = 256;
 /// A sync page in bytes: a few large envelopes or many small ones.
 pub const MAX_SYNC_RESPONSE: usize = 16 << 20;
+
+/// Most welcomes and most groups in one mailbox answer: an owner added to more groups while
+/// away gets the rest on its next ask.
+pub const MAX_NEWS_ITEMS: usize = 256;
+/// A mailbox request is a welcome at most.
+pub const MAX_MAILBOX_REQUEST: usize = MAX_ENVELOPE_LEN + 256;
+/// A mailbox answer: welcomes and group ids.
+pub const MAX_MAILBOX_RESPONSE: usize = 16 << 20;
+
+/// What a member asks of a mailbox (a node that keeps ciphertext for groups, holding no keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxRequest {
+    /// From anyone: hold this welcome of `group` for `member`, one of your owners, who is
+    /// away; and keep the group for them.
+    Deposit {
+        member: dspring_proto::MemberId,
+        group: GroupId,
+        envelope: Vec<u8>,
+    },
+    /// From an owner: keep this group for me.
+    Register { group: GroupId },
+    /// From an owner: what do you hold for me after your position `after`?
+    News { after: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailboxResponse {
+    Done,
+    /// Not an owner, not a mailbox, or over a bound.
+    Refused,
+    News {
+        /// Welcomes held for the owner.
+        welcomes: Vec<(GroupId, Vec<u8>)>,
+        /// Groups kept for the owner with envelopes after the position asked from.
+        groups: Vec<GroupId>,
+        /// Ask from here next time.
+        cursor: u64,
+    },
+}
 
 /// Deliver this envelope of `group` to me (a welcome, or an envelope for a member not yet on
 /// the group's topic).
@@ -108,6 +148,34 @@ impl Framed for Sync {
                 .envelopes
                 .iter()
                 .all(|e| e.len() <= MAX_ENVELOPE_LEN)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mailbox;
+
+impl Framed for Mailbox {
+    type Request = MailboxRequest;
+    type Response = MailboxResponse;
+    const MAX_REQUEST: usize = MAX_MAILBOX_REQUEST;
+    const MAX_RESPONSE: usize = MAX_MAILBOX_RESPONSE;
+    fn check_request(request: &MailboxRequest) -> bool {
+        match request {
+            MailboxRequest::Deposit { envelope, .. } => envelope.len() <= MAX_ENVELOPE_LEN,
+            MailboxRequest::Register { .. } | MailboxRequest::News { .. } => true,
+        }
+    }
+    fn check_response(response: &MailboxResponse) -> bool {
+        match response {
+            MailboxResponse::News {
+                welcomes, groups, ..
+            } => {
+                welcomes.len() <= MAX_NEWS_ITEMS
+                    && groups.len() <= MAX_NEWS_ITEMS
+                    && welcomes.iter().all(|(_, e)| e.len() <= MAX_ENVELOPE_LEN)
+            }
+            MailboxResponse::Done | MailboxResponse::Refused => true,
+        }
     }
 }
 
@@ -315,6 +383,35 @@ mod tests {
             let _ = decode::<SyncRequest>(&bytes, MAX_SYNC_REQUEST);
             let _ = decode::<SyncResponse>(&bytes, MAX_SYNC_RESPONSE);
             let _ = decode::<DirectRequest>(&bytes, MAX_DIRECT_REQUEST);
+            let _ = decode::<MailboxRequest>(&bytes, MAX_MAILBOX_REQUEST);
+            let _ = decode::<MailboxResponse>(&bytes, MAX_MAILBOX_RESPONSE);
         }
+    }
+
+    #[test]
+    fn mailbox_messages_round_trip_and_their_checks_hold() {
+        let news = MailboxResponse::News {
+            welcomes: vec![(GroupId([1; 32]), vec![7; 10])],
+            groups: vec![GroupId([2; 32])],
+            cursor: 9,
+        };
+        let bytes = encode(&news, MAX_MAILBOX_RESPONSE).unwrap();
+        assert_eq!(
+            decode::<MailboxResponse>(&bytes, MAX_MAILBOX_RESPONSE).unwrap(),
+            news
+        );
+        assert!(Mailbox::check_response(&news));
+        let too_many = MailboxResponse::News {
+            welcomes: Vec::new(),
+            groups: vec![GroupId([2; 32]); MAX_NEWS_ITEMS + 1],
+            cursor: 0,
+        };
+        assert!(!Mailbox::check_response(&too_many));
+        let deposit = MailboxRequest::Deposit {
+            member: dspring_proto::MemberId([4; 32]),
+            group: GroupId([5; 32]),
+            envelope: vec![0; MAX_ENVELOPE_LEN + 1],
+        };
+        assert!(!Mailbox::check_request(&deposit));
     }
 }

@@ -1,10 +1,11 @@
 //! The actor: the one owner of the store, the device and the group states.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use dspring_net::wire::{
-    DirectRequest, DirectResponse, MAX_SYNC_PAGE, Mark, SyncRequest, SyncResponse,
+    DirectRequest, DirectResponse, MAX_NEWS_ITEMS, MAX_SYNC_PAGE, MailboxRequest, MailboxResponse,
+    Mark, SyncRequest, SyncResponse,
 };
 use dspring_net::{Command, Event as NetEvent, InboundId, Network, Verdict};
 use dspring_proto::envelope::{Envelope, Unverified};
@@ -15,9 +16,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::card::MailboxRef;
+use crate::content::{self, Content};
 use crate::{
-    COMMAND_QUEUE, ContactCard, INITIAL_ONE_TIME_PREKEYS, LIVE_EVENTS, Node, NodeConfig, NodeError,
-    Request,
+    COMMAND_QUEUE, ContactCard, INITIAL_ONE_TIME_PREKEYS, LIVE_EVENTS, MailboxConfig, Node,
+    NodeConfig, NodeError, Request,
 };
 
 /// Sync pages and other results of helper tasks waiting for the actor.
@@ -29,6 +32,15 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 const WELCOME_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// A sync page stays well under the protocol's byte bound.
 const SYNC_PAGE_BYTES: usize = dspring_net::wire::MAX_SYNC_RESPONSE / 2;
+/// Mailbox role: ciphertext kept per group. Anyone who knows a group's topic can publish to
+/// it and a mailbox cannot tell members' envelopes from junk, so each group gets a quota;
+/// beyond it new envelopes are dropped until the retention frees space.
+const MAILBOX_GROUP_QUOTA_BYTES: u64 = 256 << 20;
+/// Mailbox role: groups kept for one owner. Deposits come from anyone, so this bounds what a
+/// stranger can make a mailbox keep.
+const MAILBOX_GROUPS_PER_OWNER: usize = 1024;
+/// Mailbox role: welcomes held for one owner at a time.
+const MAILBOX_WELCOMES_PER_OWNER: usize = 256;
 
 enum Internal {
     WelcomeTaken {
@@ -39,6 +51,18 @@ enum Internal {
         group: GroupId,
         peer: PeerId,
         response: SyncResponse,
+    },
+    /// One of our mailboxes answered a news request.
+    News {
+        mailbox: MemberId,
+        peer: PeerId,
+        response: MailboxResponse,
+    },
+    /// A welcome for `member` is held by its mailbox.
+    Deposited {
+        member: MemberId,
+        group: GroupId,
+        mailbox: MemberId,
     },
 }
 
@@ -52,7 +76,18 @@ struct Actor {
     live: broadcast::Sender<StoredEvent>,
     internal: mpsc::Sender<Internal>,
     /// Peers connected now: the periodic sync asks those that share a group.
-    connected: std::collections::HashSet<PeerId>,
+    connected: HashSet<PeerId>,
+    /// The mailbox role, if this node serves it.
+    mailbox: Option<MailboxConfig>,
+    /// Mailbox role: peers on each served group's topic (where to sync from), and bytes held.
+    subscribers: HashMap<GroupId, HashSet<PeerId>>,
+    mailbox_bytes: HashMap<GroupId, u64>,
+    /// This node's mailboxes, and their news position read up to (this run).
+    own_mailboxes: HashMap<MemberId, u64>,
+    /// Mailboxes announced in each group.
+    group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
+    /// Welcomes already deposited at a mailbox this run: (member, group, mailbox).
+    deposited: HashSet<(MemberId, GroupId, MemberId)>,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
 }
@@ -93,30 +128,45 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             groups.insert(id, group);
         }
     }
-    // Catch-up at start: dial the members of this node's groups at their last known
-    // addresses; each connection starts a sync of the groups shared with that member.
-    let members: std::collections::BTreeSet<MemberId> = groups
-        .values()
-        .filter(|g: &&Group| g.is_active())
-        .flat_map(|g| g.members())
-        .collect();
-    for contact in store.contacts()? {
-        remember_addresses(&net, &contact.member, &contact.addresses).await;
-        if members.contains(&contact.member) {
-            for address in &contact.addresses {
-                if let Ok(address) = address.parse::<Multiaddr>() {
-                    net.send(Command::Dial(address)).await?;
-                }
-            }
+    if config.mailbox.is_some() {
+        for served in store.mailbox_groups()? {
+            net.send(Command::Subscribe(served.group)).await?;
         }
     }
-    // Wait for the listeners so that the first contact card carries addresses.
+    let own_mailboxes: HashMap<MemberId, u64> =
+        store.own_mailboxes()?.into_iter().map(|m| (m, 0)).collect();
+    let mut group_mailboxes: HashMap<GroupId, HashSet<MemberId>> = HashMap::new();
+    for (group, mailbox) in store.group_mailboxes()? {
+        group_mailboxes.entry(group).or_default().insert(mailbox);
+    }
+    // Wait for the listeners so that the first contact card carries addresses (before any
+    // dial, so that no connection event is consumed here).
     let mut addresses = Vec::new();
     while addresses.len() < config.listen.len() {
         match tokio::time::timeout(Duration::from_secs(5), net_events.recv()).await {
             Ok(Some(NetEvent::Listening(address))) => addresses.push(address),
             Ok(Some(_)) => {}
             _ => break,
+        }
+    }
+    // Catch-up at start: dial the members and mailboxes of this node's groups, and its own
+    // mailboxes, at their last known addresses; each connection starts a sync of what is
+    // shared with that peer (or a news request to an own mailbox).
+    let mut wanted: HashSet<MemberId> = groups
+        .values()
+        .filter(|g: &&Group| g.is_active())
+        .flat_map(|g| g.members())
+        .collect();
+    wanted.extend(own_mailboxes.keys().copied());
+    wanted.extend(group_mailboxes.values().flatten().copied());
+    for contact in store.contacts()? {
+        remember_addresses(&net, &contact.member, &contact.addresses).await;
+        if wanted.contains(&contact.member) {
+            for address in &contact.addresses {
+                if let Ok(address) = address.parse::<Multiaddr>() {
+                    net.send(Command::Dial(address)).await?;
+                }
+            }
         }
     }
     let (requests, request_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -133,7 +183,13 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         addresses,
         live: live.clone(),
         internal,
-        connected: std::collections::HashSet::new(),
+        connected: HashSet::new(),
+        mailbox: config.mailbox.clone(),
+        subscribers: HashMap::new(),
+        mailbox_bytes: HashMap::new(),
+        own_mailboxes,
+        group_mailboxes,
+        deposited: HashSet::new(),
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -197,6 +253,13 @@ impl Actor {
                 _ = maintenance.tick() => {
                     let _ = self.store.checkpoint();
                     self.pump_outbox().await;
+                    if self.mailbox.is_some() {
+                        match self.store.mailbox_expire(now_ms()) {
+                            Ok(0) => {}
+                            Ok(_) => self.mailbox_bytes.clear(),
+                            Err(error) => tracing::warn!(%error, "mailbox expiry"),
+                        }
+                    }
                     // Catch up with connected members: gossip can miss an envelope (a peer
                     // joined the mesh late, a message aged out of the cache).
                     for peer in self.connected.clone() {
@@ -206,6 +269,7 @@ impl Actor {
                 _ = welcome_retry.tick() => {
                     for member in self.store.members_awaiting_welcome().unwrap_or_default() {
                         self.offer_welcomes(member);
+                        self.deposit_welcomes(member);
                     }
                 }
             }
@@ -226,7 +290,8 @@ impl Actor {
                 let _ = reply.send(self.create_group(&members).await);
             }
             Request::Send(group, plaintext, reply) => {
-                let result = self.local(group, |g, _, _| Ok(g.send(&plaintext)?)).await;
+                let body = content::text(&plaintext);
+                let result = self.local(group, |g, _, _| Ok(g.send(&body)?)).await;
                 let _ = reply.send(result);
             }
             Request::Update(group, reply) => {
@@ -251,6 +316,9 @@ impl Actor {
                     Ok(_) => Err(NodeError::UnknownContact(member)),
                     Err(e) => Err(e.into()),
                 };
+                if result.is_ok() {
+                    self.deposit_welcomes(member);
+                }
                 let _ = reply.send(result);
             }
             Request::Members(group, reply) => {
@@ -265,14 +333,20 @@ impl Actor {
                 let _ = reply.send(Ok(self.groups.keys().copied().collect()));
             }
             Request::Messages(group, after, limit, reply) => {
-                let _ = reply.send(
-                    self.store
-                        .messages(&group, after, limit)
-                        .map_err(Into::into),
-                );
+                let _ = reply.send(visible(after, |after| {
+                    self.store.messages(&group, after, limit)
+                }));
             }
             Request::EventsSince(cursor, limit, reply) => {
-                let _ = reply.send(self.store.events_since(cursor, limit).map_err(Into::into));
+                let _ = reply.send(visible(cursor, |after| {
+                    self.store.events_since(after, limit)
+                }));
+            }
+            Request::UseMailbox(card, reply) => {
+                let _ = reply.send(self.use_mailbox(card).await);
+            }
+            Request::MailboxHeld(group, reply) => {
+                let _ = reply.send(self.store.mailbox_usage(&group).map_err(Into::into));
             }
             Request::Stop(done) => {
                 let _ = done.send(());
@@ -286,11 +360,180 @@ impl Actor {
             member: self.device.id(),
             bundle: self.device.bundle(one_time),
             addresses: self.addresses.iter().map(ToString::to_string).collect(),
+            mailboxes: self
+                .own_mailboxes
+                .keys()
+                .map(|member| MailboxRef {
+                    member: *member,
+                    addresses: self.addresses_of(member),
+                })
+                .collect(),
         })
+    }
+
+    fn addresses_of(&self, member: &MemberId) -> Vec<String> {
+        self.store
+            .contact(member)
+            .ok()
+            .flatten()
+            .map(|c| c.addresses)
+            .unwrap_or_default()
+    }
+
+    /// Remembers a mailbox's addresses as a contact unless it is one already.
+    async fn remember_mailbox(&mut self, mailbox: &MailboxRef) -> Result<(), NodeError> {
+        remember_addresses(&self.net, &mailbox.member, &mailbox.addresses).await;
+        if self.store.contact(&mailbox.member)?.is_none() {
+            let addresses = mailbox
+                .addresses
+                .iter()
+                .take(dspring_store::MAX_ADDRESSES)
+                .cloned()
+                .collect();
+            self.store.put_contact(&Contact {
+                member: mailbox.member,
+                display_name: "mailbox".into(),
+                verified: false,
+                addresses,
+                bundle: None,
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn use_mailbox(&mut self, card: ContactCard) -> Result<(), NodeError> {
+        let mailbox = card.member;
+        let addresses = card.addresses.clone();
+        if self.store.contact(&mailbox)?.is_none() {
+            self.add_contact(card, "mailbox".into()).await?;
+        }
+        self.store.add_own_mailbox(&mailbox)?;
+        self.own_mailboxes.entry(mailbox).or_insert(0);
+        let active: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.is_active())
+            .map(|(id, _)| *id)
+            .collect();
+        for group in active {
+            self.announce_mailbox(group, mailbox).await;
+        }
+        match dspring_net::identity::peer_id(&mailbox) {
+            Ok(peer) if self.connected.contains(&peer) => self.own_mailbox_connected(mailbox, peer),
+            _ => {
+                for address in addresses {
+                    if let Ok(address) = address.parse::<Multiaddr>() {
+                        let _ = self.net.send(Command::Dial(address)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells a group's members that `mailbox` serves it (once per group and mailbox).
+    async fn announce_mailbox(&mut self, group: GroupId, mailbox: MemberId) {
+        if self
+            .group_mailboxes
+            .get(&group)
+            .is_some_and(|m| m.contains(&mailbox))
+        {
+            return;
+        }
+        let body = content::mailbox(&MailboxRef {
+            member: mailbox,
+            addresses: self.addresses_of(&mailbox),
+        });
+        if let Err(error) = self.local(group, |g, _, _| Ok(g.send(&body)?)).await {
+            tracing::debug!(%error, "announcing a mailbox");
+        }
+    }
+
+    /// Registers every active group with an own mailbox that just connected, then asks it
+    /// which of them have news.
+    fn own_mailbox_connected(&self, mailbox: MemberId, peer: PeerId) {
+        let groups: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.is_active())
+            .map(|(id, _)| *id)
+            .collect();
+        let after = self.own_mailboxes.get(&mailbox).copied().unwrap_or(0);
+        let net = self.net.clone();
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            for group in groups {
+                if let Err(error) = net.mailbox(peer, MailboxRequest::Register { group }).await {
+                    tracing::debug!(%error, "registering with a mailbox");
+                }
+            }
+            match net.mailbox(peer, MailboxRequest::News { after }).await {
+                Ok(response) => {
+                    let _ = internal
+                        .send(Internal::News {
+                            mailbox,
+                            peer,
+                            response,
+                        })
+                        .await;
+                }
+                Err(error) => tracing::debug!(%error, "mailbox news"),
+            }
+        });
+    }
+
+    /// Leaves the welcomes waiting for `member` at the mailboxes its card names, in the
+    /// background (once each per run).
+    fn deposit_welcomes(&self, member: MemberId) {
+        let Ok(mailboxes) = self.store.contact_mailboxes(&member) else {
+            return;
+        };
+        if mailboxes.is_empty() {
+            return;
+        }
+        let Ok(welcomes) = self.store.pending_welcomes(&member) else {
+            return;
+        };
+        for mailbox in mailboxes {
+            let Ok(peer) = dspring_net::identity::peer_id(&mailbox) else {
+                continue;
+            };
+            for (group, envelope) in &welcomes {
+                if self.deposited.contains(&(member, *group, mailbox)) {
+                    continue;
+                }
+                let request = MailboxRequest::Deposit {
+                    member,
+                    group: *group,
+                    envelope: envelope.clone(),
+                };
+                let (net, internal, group) = (self.net.clone(), self.internal.clone(), *group);
+                tokio::spawn(async move {
+                    match net.mailbox(peer, request).await {
+                        Ok(MailboxResponse::Done) => {
+                            let _ = internal
+                                .send(Internal::Deposited {
+                                    member,
+                                    group,
+                                    mailbox,
+                                })
+                                .await;
+                        }
+                        Ok(_) => tracing::debug!("a mailbox refused a welcome"),
+                        Err(error) => tracing::debug!(%error, "mailbox deposit"),
+                    }
+                });
+            }
+        }
     }
 
     async fn add_contact(&mut self, card: ContactCard, name: String) -> Result<(), NodeError> {
         remember_addresses(&self.net, &card.member, &card.addresses).await;
+        for mailbox in &card.mailboxes {
+            self.remember_mailbox(mailbox).await?;
+        }
+        let mailboxes: Vec<MemberId> = card.mailboxes.iter().map(|m| m.member).collect();
+        self.store.set_contact_mailboxes(&card.member, &mailboxes)?;
         self.store.put_contact(&Contact {
             member: card.member,
             display_name: name,
@@ -320,8 +563,27 @@ impl Actor {
         self.net.send(Command::Subscribe(id)).await?;
         for member in members {
             self.offer_welcomes(*member);
+            self.deposit_welcomes(*member);
         }
+        self.joined(id).await;
         Ok(id)
+    }
+
+    /// A group this node just created or joined: its own mailboxes keep it too.
+    async fn joined(&mut self, group: GroupId) {
+        let mailboxes: Vec<MemberId> = self.own_mailboxes.keys().copied().collect();
+        for mailbox in mailboxes {
+            self.announce_mailbox(group, mailbox).await;
+            if let Ok(peer) = dspring_net::identity::peer_id(&mailbox) {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = net.mailbox(peer, MailboxRequest::Register { group }).await
+                    {
+                        tracing::debug!(%error, "registering with a mailbox");
+                    }
+                });
+            }
+        }
     }
 
     /// Runs a local operation on a group and commits it.
@@ -349,22 +611,49 @@ impl Actor {
         let id = staged.group.id();
         self.device.consume_prekeys(&staged.consumed_prekeys);
         self.groups.insert(id, staged.group.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
+        for event in &staged.events {
+            let (dspring_proto::Event::Message { plaintext, .. }
+            | dspring_proto::Event::Sent { plaintext, .. }) = event
+            else {
+                continue;
+            };
+            if let Some(Content::Mailbox(mailbox)) = content::decode(plaintext) {
+                self.record_group_mailbox(id, &mailbox).await;
+            }
+        }
         for (cursor, event) in committed.cursors.iter().zip(&staged.events) {
-            let _ = self.live.send(StoredEvent {
+            let stored = StoredEvent {
                 cursor: *cursor,
                 group: id,
                 at_ms: now,
                 event: event.clone(),
-            });
+            };
+            if let Some(shown) = content::present(stored) {
+                let _ = self.live.send(shown);
+            }
         }
         if !staged.group.is_active() {
             let _ = self.net.send(Command::Unsubscribe(id)).await;
         }
         self.pump_outbox().await;
         Ok(())
+    }
+
+    /// A mailbox announced in a group: its members answer its syncs and sync from it.
+    async fn record_group_mailbox(&mut self, group: GroupId, mailbox: &MailboxRef) {
+        if let Err(error) = self.remember_mailbox(mailbox).await {
+            tracing::warn!(%error, "remembering a mailbox");
+        }
+        match self.store.add_group_mailbox(&group, &mailbox.member) {
+            Ok(()) => {
+                self.group_mailboxes
+                    .entry(group)
+                    .or_default()
+                    .insert(mailbox.member);
+            }
+            Err(error) => tracing::warn!(%error, "recording a group's mailbox"),
+        }
     }
 
     /// Publishes what the outbox holds. A publish with nobody to hear it still counts as
@@ -449,28 +738,167 @@ impl Actor {
                 let response = self.sync_page(peer, &request);
                 let _ = self.net.send(Command::AnswerSync { id, response }).await;
             }
+            NetEvent::MailboxRequested { id, peer, request } => {
+                let response = self.answer_mailbox(peer, request).await;
+                let _ = self.net.send(Command::AnswerMailbox { id, response }).await;
+            }
+            NetEvent::Subscribed { peer, group }
+                if !self.groups.contains_key(&group) && self.serves(&group) =>
+            {
+                self.subscribers.entry(group).or_default().insert(peer);
+                self.request_sync(group, peer, 0);
+            }
             NetEvent::Connected(peer) => {
                 self.connected.insert(peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
                     self.offer_welcomes(member);
+                    if self.own_mailboxes.contains_key(&member) {
+                        self.own_mailbox_connected(member, peer);
+                    }
                 }
                 self.sync_shared_groups(peer);
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
+                for subscribers in self.subscribers.values_mut() {
+                    subscribers.remove(&peer);
+                }
             }
             _ => {}
         }
     }
 
-    /// Starts a sync of every active group this peer is a member of.
+    /// Starts a sync of every active group this peer is a member of, or a mailbox of (own
+    /// mailboxes are asked for news instead of polled group by group); as a mailbox, of
+    /// every served group the peer follows.
     fn sync_shared_groups(&self, peer: PeerId) {
         let Some(member) = dspring_net::identity::member(&peer) else {
             return;
         };
         for (id, group) in &self.groups {
-            if group.is_active() && group.members().contains(&member) {
+            if group.is_active()
+                && (group.members().contains(&member)
+                    || (!self.own_mailboxes.contains_key(&member)
+                        && self.is_group_mailbox(id, &member)))
+            {
                 self.request_sync(*id, peer, 0);
+            }
+        }
+        for (group, subscribers) in &self.subscribers {
+            if subscribers.contains(&peer) {
+                self.request_sync(*group, peer, 0);
+            }
+        }
+    }
+
+    fn is_group_mailbox(&self, group: &GroupId, member: &MemberId) -> bool {
+        self.group_mailboxes
+            .get(group)
+            .is_some_and(|m| m.contains(member))
+    }
+
+    /// Mailbox role: whether this node keeps `group`.
+    fn serves(&self, group: &GroupId) -> bool {
+        self.mailbox.is_some() && self.store.mailbox_serves(group).unwrap_or(false)
+    }
+
+    /// Mailbox role: keeps an envelope of a served group (within its quota).
+    fn mailbox_keep(&mut self, group: GroupId, envelope: &[u8]) -> Verdict {
+        if Unverified::<Envelope>::parse(envelope.to_vec()).is_err() {
+            return Verdict::Reject;
+        }
+        let held = match self.mailbox_bytes.get(&group) {
+            Some(held) => *held,
+            None => self
+                .store
+                .mailbox_usage(&group)
+                .map_or(u64::MAX, |(_, b)| b),
+        };
+        if held.saturating_add(envelope.len() as u64) > MAILBOX_GROUP_QUOTA_BYTES {
+            tracing::debug!("a mailbox group is over its quota");
+            return Verdict::Ignore;
+        }
+        match self.store.mailbox_put(&group, envelope, now_ms()) {
+            Ok(true) => {
+                self.mailbox_bytes
+                    .insert(group, held.saturating_add(envelope.len() as u64));
+            }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "mailbox"),
+        }
+        // Kept, not forwarded: without keys a mailbox cannot tell a member's envelope from
+        // junk, and must not relay what it cannot check.
+        Verdict::Ignore
+    }
+
+    /// Mailbox role: answers a member. Deposits are taken from anyone for an owner (a
+    /// contact of this node); registrations and news only from owners.
+    async fn answer_mailbox(&mut self, peer: PeerId, request: MailboxRequest) -> MailboxResponse {
+        let Some(config) = self.mailbox.clone() else {
+            return MailboxResponse::Refused;
+        };
+        let retention = u64::try_from(config.retention.as_millis()).unwrap_or(u64::MAX);
+        let is_owner = |store: &Store, m: &MemberId| store.contact(m).ok().flatten().is_some();
+        let (owner, group) = match &request {
+            MailboxRequest::Deposit { member, group, .. } => (*member, Some(*group)),
+            MailboxRequest::Register { group } => match dspring_net::identity::member(&peer) {
+                Some(member) => (member, Some(*group)),
+                None => return MailboxResponse::Refused,
+            },
+            MailboxRequest::News { .. } => match dspring_net::identity::member(&peer) {
+                Some(member) => (member, None),
+                None => return MailboxResponse::Refused,
+            },
+        };
+        if !is_owner(&self.store, &owner) {
+            return MailboxResponse::Refused;
+        }
+        if let Some(group) = group {
+            let kept = self
+                .store
+                .mailbox_add_owner(&group, &owner, MAILBOX_GROUPS_PER_OWNER)
+                .and_then(|()| self.store.mailbox_register(&group, retention, now_ms()));
+            if let Err(error) = kept {
+                tracing::debug!(%error, "mailbox registration");
+                return MailboxResponse::Refused;
+            }
+            let _ = self.net.send(Command::Subscribe(group)).await;
+            // Fill the mailbox from the peer that asked (it follows the group).
+            self.subscribers.entry(group).or_default().insert(peer);
+        }
+        match request {
+            MailboxRequest::Deposit {
+                member,
+                group,
+                envelope,
+            } => {
+                let held = self.store.mailbox_hold_welcome(
+                    &member,
+                    &group,
+                    &envelope,
+                    now_ms(),
+                    MAILBOX_WELCOMES_PER_OWNER,
+                );
+                if held.is_err() {
+                    return MailboxResponse::Refused;
+                }
+                self.mailbox_keep(group, &envelope);
+                self.request_sync(group, peer, 0);
+                MailboxResponse::Done
+            }
+            MailboxRequest::Register { group } => {
+                self.request_sync(group, peer, 0);
+                MailboxResponse::Done
+            }
+            MailboxRequest::News { after } => {
+                match self.store.mailbox_news(&owner, after, MAX_NEWS_ITEMS) {
+                    Ok(news) => MailboxResponse::News {
+                        welcomes: news.welcomes,
+                        groups: news.groups,
+                        cursor: news.cursor,
+                    },
+                    Err(_) => MailboxResponse::Refused,
+                }
             }
         }
     }
@@ -491,6 +919,9 @@ impl Actor {
     /// its add is known.
     async fn gossip_verdict(&mut self, group: GroupId, envelope: Vec<u8>) -> Verdict {
         let Some(state) = self.groups.get(&group) else {
+            if self.serves(&group) {
+                return self.mailbox_keep(group, &envelope);
+            }
             return Verdict::Ignore;
         };
         let sender = match Unverified::<Envelope>::parse(envelope.clone()) {
@@ -536,22 +967,39 @@ impl Actor {
         }
         let _ = self.net.send(Command::Subscribe(group)).await;
         self.request_sync(group, from, 0);
+        self.joined(group).await;
         true
     }
 
     /// Asks `peer` for what this node lacks of `group`, one page, in the background.
     fn request_sync(&self, group: GroupId, peer: PeerId, token: u64) {
-        let marks = match self.store.sender_marks(&group) {
-            Ok(marks) => marks
-                .into_iter()
-                .map(|m| Mark {
-                    sender: m.sender,
-                    control_seq: m.control_seq,
-                    application: m.application,
-                })
-                .collect(),
-            Err(_) => return,
+        let marks = if self.groups.contains_key(&group) {
+            self.store.sender_marks(&group).map(|marks| {
+                marks
+                    .into_iter()
+                    .map(|m| Mark {
+                        sender: m.sender,
+                        control_seq: m.control_seq,
+                        application: m.application,
+                    })
+                    .collect()
+            })
+        } else {
+            self.store.mailbox_marks(&group).map(|marks| {
+                marks
+                    .into_iter()
+                    .map(|(sender, (control_seq, application))| Mark {
+                        sender,
+                        control_seq,
+                        application,
+                    })
+                    .collect()
+            })
         };
+        let Ok(mut marks): Result<Vec<Mark>, _> = marks else {
+            return;
+        };
+        marks.truncate(dspring_net::wire::MAX_SYNC_SENDERS);
         let request = SyncRequest {
             group,
             marks,
@@ -582,26 +1030,41 @@ impl Actor {
             envelopes: Vec::new(),
             next: None,
         };
-        let is_member = dspring_net::identity::member(&peer).is_some_and(|m| {
-            self.groups
-                .get(&request.group)
-                .is_some_and(|g| g.members().contains(&m))
-        });
-        if !is_member {
-            return empty;
-        }
         let marks: HashMap<_, _> = request
             .marks
             .iter()
             .map(|m| (m.sender, (m.control_seq, m.application)))
             .collect();
-        match self.store.log_lacking(
-            &request.group,
-            request.token,
-            &marks,
-            MAX_SYNC_PAGE,
-            SYNC_PAGE_BYTES,
-        ) {
+        let answer = if let Some(state) = self.groups.get(&request.group) {
+            // Members, and the mailboxes announced in the group.
+            let allowed = dspring_net::identity::member(&peer).is_some_and(|m| {
+                state.members().contains(&m) || self.is_group_mailbox(&request.group, &m)
+            });
+            if !allowed {
+                return empty;
+            }
+            self.store.log_lacking(
+                &request.group,
+                request.token,
+                &marks,
+                MAX_SYNC_PAGE,
+                SYNC_PAGE_BYTES,
+            )
+        } else if self.serves(&request.group) {
+            // A mailbox cannot know the members; the group id (never on the wire in clear,
+            // topics are its hash) is what a requester must know, and all it gets is
+            // ciphertext.
+            self.store.mailbox_lacking(
+                &request.group,
+                request.token,
+                &marks,
+                MAX_SYNC_PAGE,
+                SYNC_PAGE_BYTES,
+            )
+        } else {
+            return empty;
+        };
+        match answer {
             Ok((envelopes, next)) => SyncResponse { envelopes, next },
             Err(_) => empty,
         }
@@ -619,11 +1082,54 @@ impl Actor {
                 peer,
                 response,
             } => {
+                let member = self.groups.contains_key(&group);
+                if !member && !self.serves(&group) {
+                    return;
+                }
                 for envelope in response.envelopes {
-                    self.receive(group, envelope).await;
+                    if member {
+                        self.receive(group, envelope).await;
+                    } else {
+                        self.mailbox_keep(group, &envelope);
+                    }
                 }
                 if let Some(token) = response.next {
                     self.request_sync(group, peer, token);
+                }
+            }
+            Internal::News {
+                mailbox,
+                peer,
+                response,
+            } => {
+                let MailboxResponse::News {
+                    welcomes,
+                    groups,
+                    cursor,
+                } = response
+                else {
+                    return;
+                };
+                for (group, envelope) in welcomes {
+                    if !self.groups.contains_key(&group) {
+                        self.join(group, envelope, peer).await;
+                    }
+                }
+                for group in groups {
+                    if self.groups.get(&group).is_some_and(Group::is_active) {
+                        self.request_sync(group, peer, 0);
+                    }
+                }
+                self.own_mailboxes.insert(mailbox, cursor);
+            }
+            Internal::Deposited {
+                member,
+                group,
+                mailbox,
+            } => {
+                self.deposited.insert((member, group, mailbox));
+                if self.groups.get(&group).is_some_and(Group::is_active) {
+                    self.announce_mailbox(group, mailbox).await;
                 }
             }
         }
@@ -640,5 +1146,31 @@ fn verdict_of(error: &ReceiveError) -> Verdict {
         | ReceiveError::Undecryptable(_)
         | ReceiveError::Protocol(_) => Verdict::Reject,
         _ => Verdict::Ignore,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reads pages of stored events from `after` until one has something the API shows (or the
+/// log ends), so that a caller paging by cursor never mistakes a page of hidden metadata for
+/// the end.
+fn visible(
+    mut after: u64,
+    mut read: impl FnMut(u64) -> Result<Vec<StoredEvent>, dspring_store::StoreError>,
+) -> Result<Vec<StoredEvent>, NodeError> {
+    loop {
+        let page = read(after)?;
+        let Some(last) = page.last() else {
+            return Ok(Vec::new());
+        };
+        after = last.cursor;
+        let shown: Vec<StoredEvent> = page.into_iter().filter_map(content::present).collect();
+        if !shown.is_empty() {
+            return Ok(shown);
+        }
     }
 }

@@ -10,11 +10,22 @@ const CARD_PREFIX: &str = "dspring-card1:";
 pub const MAX_CARD_TEXT: usize = 8 << 10;
 /// Most addresses on a card.
 pub const MAX_CARD_ADDRESSES: usize = 16;
+/// Most mailboxes on a card: one or two is the norm; each costs a welcome deposit.
+pub const MAX_CARD_MAILBOXES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactCard {
     pub member: MemberId,
     pub bundle: PrekeyBundle,
+    pub addresses: Vec<String>,
+    /// Mailboxes that keep this member's welcomes and group traffic while it is away.
+    pub mailboxes: Vec<MailboxRef>,
+}
+
+/// A mailbox node: who it is and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxRef {
+    pub member: MemberId,
     pub addresses: Vec<String>,
 }
 
@@ -58,7 +69,14 @@ impl ContactCard {
             })
             .collect::<Result<Vec<u8>, _>>()?;
         let card: ContactCard = postcard::from_bytes(&bytes).map_err(|_| CardError::Damaged)?;
-        if card.addresses.len() > MAX_CARD_ADDRESSES || card.bundle.identity != card.member {
+        if card.addresses.len() > MAX_CARD_ADDRESSES
+            || card.mailboxes.len() > MAX_CARD_MAILBOXES
+            || card
+                .mailboxes
+                .iter()
+                .any(|m| m.addresses.len() > MAX_CARD_ADDRESSES)
+            || card.bundle.identity != card.member
+        {
             return Err(CardError::Damaged);
         }
         card.bundle.verify().map_err(|_| CardError::BadSignature)?;

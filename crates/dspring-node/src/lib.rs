@@ -51,6 +51,7 @@
 
 mod actor;
 mod card;
+mod content;
 
 use std::path::PathBuf;
 
@@ -59,7 +60,7 @@ use dspring_store::StoredEvent;
 use libp2p::Multiaddr;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use card::{CardError, ContactCard};
+pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_store::StoredEvent as NodeEvent;
 
 /// Commands waiting for the actor: API callers wait (backpressure) when it is full.
@@ -76,7 +77,30 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Local network discovery.
     pub mdns: bool,
+    /// Serve as a mailbox for the groups of this node's contacts (its owners).
+    pub mailbox: Option<MailboxConfig>,
 }
+
+/// The mailbox role: keep the ciphertext of groups that owners (this node's contacts)
+/// register, and of groups where an owner was added while away; serve it to returning
+/// members. A mailbox holds no group keys.
+#[derive(Clone, Debug)]
+pub struct MailboxConfig {
+    /// Envelopes (and held welcomes) older than this are dropped.
+    pub retention: std::time::Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_MAILBOX_RETENTION,
+        }
+    }
+}
+
+/// How long a mailbox keeps what it holds unless configured: a month covers a long holiday.
+pub const DEFAULT_MAILBOX_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl NodeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -87,6 +111,7 @@ impl NodeConfig {
                 .filter_map(|a| a.parse().ok())
                 .collect(),
             mdns: true,
+            mailbox: None,
         }
     }
 }
@@ -126,6 +151,8 @@ pub(crate) enum Request {
     Groups(Reply<Vec<GroupId>>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
+    UseMailbox(ContactCard, Reply<()>),
+    MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -274,6 +301,19 @@ impl Node {
                 }
             }
         })
+    }
+
+    /// Makes the node behind `card` (running with [`NodeConfig::mailbox`], and having this
+    /// node as a contact) one of this node's mailboxes: it goes on this node's contact card,
+    /// every group of this node is registered with it and announced to the group's members,
+    /// and on every connection this node asks it for news.
+    pub async fn use_mailbox(&self, card: ContactCard) -> Result<(), NodeError> {
+        self.ask(|r| Request::UseMailbox(card, r)).await
+    }
+
+    /// Mailbox role: envelopes and bytes held for `group`.
+    pub async fn mailbox_held(&self, group: GroupId) -> Result<(u64, u64), NodeError> {
+        self.ask(|r| Request::MailboxHeld(group, r)).await
     }
 
     /// Stops the node: the actor finishes its current step, checkpoints and closes the store.

@@ -179,6 +179,18 @@ impl Store {
     }
 }
 
+/// An envelope's position as stored: control seq, or application epoch and index.
+pub(crate) type SqlPosition = (Option<i64>, Option<i64>, Option<i64>);
+
+pub(crate) fn sql_position(envelope: &Unverified<Envelope>) -> Result<SqlPosition, StoreError> {
+    Ok(match envelope.position() {
+        Position::Control { seq, .. } => (Some(to_sql_int(*seq)?), None, None),
+        Position::Application { epoch, index } => {
+            (None, Some(to_sql_int(*epoch)?), Some(to_sql_int(*index)?))
+        }
+    })
+}
+
 /// Adds an envelope to a group's log unless it is there; returns its row and whether it is new.
 fn log_envelope(
     tx: &Transaction<'_>,
@@ -189,12 +201,7 @@ fn log_envelope(
         .map_err(|e| StoreError::invalid(format!("the core produced a bad envelope: {e}")))?;
     let hash = envelope_hash(bytes);
     let sender = envelope.sender().0;
-    let (control_seq, epoch, index) = match envelope.position() {
-        Position::Control { seq, .. } => (Some(to_sql_int(*seq)?), None, None),
-        Position::Application { epoch, index } => {
-            (None, Some(to_sql_int(*epoch)?), Some(to_sql_int(*index)?))
-        }
-    };
+    let (control_seq, epoch, index) = sql_position(&envelope)?;
     let inserted: Option<i64> = tx
         .prepare_cached(
             "INSERT INTO envelopes (group_ref, hash, sender, control_seq, epoch, idx, bytes)

@@ -126,45 +126,8 @@ impl Store {
             "SELECT id, sender, control_seq, epoch, idx, bytes FROM envelopes
              WHERE group_ref = ?1 AND id > ?2 ORDER BY id",
         )?;
-        let mut rows = statement.query(params![group_ref, to_sql_int(after)?])?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        let mut position = after;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let key = format!("row {id}");
-            let sender: Vec<u8> = row.get(1)?;
-            let sender = <[u8; 8]>::try_from(sender.as_slice())
-                .map(ShortId)
-                .map_err(|_| Corrupt::new("envelopes", key.clone(), "sender is not 8 bytes"))?;
-            let control: Option<i64> = row.get(2)?;
-            let epoch: Option<i64> = row.get(3)?;
-            let index: Option<i64> = row.get(4)?;
-            let lacked = match (marks.get(&sender), control, epoch, index) {
-                (None, ..) => true,
-                (Some((held, _)), Some(seq), _, _) => from_sql_int(seq, "envelopes", &key)? > *held,
-                (Some((_, held)), None, Some(epoch), Some(index)) => {
-                    let at = (
-                        from_sql_int(epoch, "envelopes", &key)?,
-                        from_sql_int(index, "envelopes", &key)?,
-                    );
-                    held.is_none_or(|held| at > held)
-                }
-                _ => return Err(Corrupt::new("envelopes", key, "no position").into()),
-            };
-            if lacked {
-                let envelope: Vec<u8> = row.get(5)?;
-                // The first one always goes, so that every page makes progress.
-                if !out.is_empty() && (out.len() >= max_count || bytes + envelope.len() > max_bytes)
-                {
-                    return Ok((out, Some(position)));
-                }
-                bytes += envelope.len();
-                out.push(envelope);
-            }
-            position = from_sql_int(id, "envelopes", &key)?;
-        }
-        Ok((out, None))
+        let rows = statement.query(params![group_ref, to_sql_int(after)?])?;
+        lacking(rows, "envelopes", after, marks, max_count, max_bytes)
     }
 
     /// Runs a query of `(id, bytes)` rows of `table` into log entries.
@@ -428,4 +391,58 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Goes through `(id, sender, control_seq, epoch, idx, bytes)` rows in log order and keeps
+/// those a peer with `marks` lacks, within the page bounds (at least one, so that every page
+/// makes progress). Shared by the group log and the mailbox, which store the same positions.
+pub(crate) fn lacking(
+    mut rows: rusqlite::Rows<'_>,
+    table: &'static str,
+    after: u64,
+    marks: &HashMap<ShortId, HeldMark>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut position = after;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let key = format!("row {id}");
+        let sender: Option<Vec<u8>> = row.get(1)?;
+        let sender = sender
+            .map(|s| {
+                <[u8; 8]>::try_from(s.as_slice())
+                    .map(ShortId)
+                    .map_err(|_| Corrupt::new(table, key.clone(), "sender is not 8 bytes"))
+            })
+            .transpose()?;
+        let control: Option<i64> = row.get(2)?;
+        let epoch: Option<i64> = row.get(3)?;
+        let index: Option<i64> = row.get(4)?;
+        let lacked = match (sender.and_then(|s| marks.get(&s)), control, epoch, index) {
+            // A sender the peer has nothing of, or a row stored without positions.
+            (None, ..) => true,
+            (Some((held, _)), Some(seq), _, _) => from_sql_int(seq, table, &key)? > *held,
+            (Some((_, held)), None, Some(epoch), Some(index)) => {
+                let at = (
+                    from_sql_int(epoch, table, &key)?,
+                    from_sql_int(index, table, &key)?,
+                );
+                held.is_none_or(|held| at > held)
+            }
+            _ => return Err(Corrupt::new(table, key, "no position").into()),
+        };
+        if lacked {
+            let envelope: Vec<u8> = row.get(5)?;
+            if !out.is_empty() && (out.len() >= max_count || bytes + envelope.len() > max_bytes) {
+                return Ok((out, Some(position)));
+            }
+            bytes += envelope.len();
+            out.push(envelope);
+        }
+        position = from_sql_int(id, table, &key)?;
+    }
+    Ok((out, None))
 }

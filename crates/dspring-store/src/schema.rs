@@ -114,6 +114,51 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, envelope_ref)
     ) WITHOUT ROWID;
     "#,
+    // 3: mailboxes that serve sync (positions of held envelopes), hold welcomes for their
+    // owners, and are recorded by the groups they serve.
+    r#"
+    ALTER TABLE mailbox_envelopes ADD COLUMN sender BLOB;
+    ALTER TABLE mailbox_envelopes ADD COLUMN control_seq INTEGER;
+    ALTER TABLE mailbox_envelopes ADD COLUMN epoch INTEGER;
+    ALTER TABLE mailbox_envelopes ADD COLUMN idx INTEGER;
+    CREATE INDEX mailbox_by_group ON mailbox_envelopes(group_id, id);
+
+    -- Mailbox side: for which owners (members this mailbox serves) a group is kept.
+    CREATE TABLE mailbox_owners (
+        group_id BLOB NOT NULL,
+        member BLOB NOT NULL,
+        PRIMARY KEY (member, group_id)
+    ) WITHOUT ROWID;
+
+    -- Mailbox side: welcomes held for owners who were offline when added.
+    CREATE TABLE mailbox_welcomes (
+        id INTEGER PRIMARY KEY,
+        member BLOB NOT NULL,
+        group_id BLOB NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        UNIQUE (member, group_id)
+    );
+
+    -- Member side: the mailboxes announced in each group.
+    CREATE TABLE group_mailboxes (
+        group_id BLOB NOT NULL,
+        mailbox BLOB NOT NULL,
+        PRIMARY KEY (group_id, mailbox)
+    ) WITHOUT ROWID;
+
+    -- Member side: the mailboxes a contact named on its card (where to leave its welcomes).
+    CREATE TABLE contact_mailboxes (
+        member BLOB NOT NULL,
+        mailbox BLOB NOT NULL,
+        PRIMARY KEY (member, mailbox)
+    ) WITHOUT ROWID;
+
+    -- Member side: this node's own mailboxes (named on its contact card).
+    CREATE TABLE own_mailboxes (
+        member BLOB PRIMARY KEY
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -507,6 +507,107 @@ fn mailbox_stores_serves_and_expires_without_keys() {
 }
 
 #[test]
+fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let p = pair(11);
+    let mut store = open(dir.path());
+    let owner = p.bob.id();
+    store.mailbox_register(&GROUP, 60_000, 0).unwrap();
+    store.mailbox_add_owner(&GROUP, &owner, 1).unwrap();
+    // A second group is over this owner's bound of one.
+    assert!(matches!(
+        store.mailbox_add_owner(&GroupId([8; 32]), &owner, 1),
+        Err(StoreError::Invalid(_))
+    ));
+    let ack = p.bob_join.outbox[0].bytes.clone();
+    store.mailbox_put(&GROUP, &p.create, 1).unwrap();
+    store.mailbox_put(&GROUP, &ack, 2).unwrap();
+    assert_eq!(store.mailbox_usage(&GROUP).unwrap().0, 2);
+
+    // Marks name both senders; a peer holding them lacks nothing, a peer with none lacks all.
+    let marks = store.mailbox_marks(&GROUP).unwrap();
+    assert_eq!(marks.len(), 2);
+    let (all, next) = store
+        .mailbox_lacking(&GROUP, 0, &HashMap::new(), 10, 1 << 20)
+        .unwrap();
+    assert_eq!((all, next), (vec![p.create.clone(), ack.clone()], None));
+    let (none, _) = store
+        .mailbox_lacking(&GROUP, 0, &marks, 10, 1 << 20)
+        .unwrap();
+    assert!(none.is_empty());
+    // Pages of one go on from their token.
+    let (first, next) = store
+        .mailbox_lacking(&GROUP, 0, &HashMap::new(), 1, 1 << 20)
+        .unwrap();
+    assert_eq!(first, vec![p.create.clone()]);
+    let (second, _) = store
+        .mailbox_lacking(&GROUP, next.unwrap(), &HashMap::new(), 1, 1 << 20)
+        .unwrap();
+    assert_eq!(second, vec![ack.clone()]);
+
+    // News: the group has envelopes after 0, none after the returned cursor.
+    let news = store.mailbox_news(&owner, 0, 10).unwrap();
+    assert_eq!(news.groups, vec![GROUP]);
+    assert!(news.welcomes.is_empty());
+    assert!(
+        store
+            .mailbox_news(&owner, news.cursor, 10)
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+    // Someone else's news are not this owner's.
+    assert!(
+        store
+            .mailbox_news(&p.alice.id(), 0, 10)
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+
+    // A welcome is held until the owner registers the group itself.
+    store
+        .mailbox_hold_welcome(&owner, &GROUP, &p.create, 3, 4)
+        .unwrap();
+    assert_eq!(
+        store
+            .mailbox_news(&owner, news.cursor, 10)
+            .unwrap()
+            .welcomes,
+        vec![(GROUP, p.create.clone())]
+    );
+    assert!(
+        store
+            .mailbox_hold_welcome(&owner, &GROUP, b"junk", 3, 4)
+            .is_err()
+    );
+    store.mailbox_add_owner(&GROUP, &owner, 1).unwrap();
+    assert!(
+        store
+            .mailbox_news(&owner, 0, 10)
+            .unwrap()
+            .welcomes
+            .is_empty()
+    );
+
+    // Member side bookkeeping.
+    store.add_own_mailbox(&p.alice.id()).unwrap();
+    assert_eq!(store.own_mailboxes().unwrap(), vec![p.alice.id()]);
+    store.add_group_mailbox(&GROUP, &p.alice.id()).unwrap();
+    assert_eq!(
+        store.group_mailboxes().unwrap(),
+        vec![(GROUP, p.alice.id())]
+    );
+    store
+        .set_contact_mailboxes(&owner, &[p.alice.id()])
+        .unwrap();
+    assert_eq!(store.contact_mailboxes(&owner).unwrap(), vec![p.alice.id()]);
+    store.set_contact_mailboxes(&owner, &[]).unwrap();
+    assert!(store.contact_mailboxes(&owner).unwrap().is_empty());
+}
+
+#[test]
 fn welcomes_wait_until_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = pair(12);

@@ -1,0 +1,117 @@
+//! The mailbox role: a member added while offline catches up from its mailbox after every
+//! other member has gone offline. The mailbox holds no group keys.
+
+// Test code: a failed expectation is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{has_all, introduce, start, texts, until};
+use dspring_node::{ContactCard, MailboxConfig, Node, NodeConfig};
+
+async fn start_mailbox(dir: &std::path::Path) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.mailbox = Some(MailboxConfig::default());
+    Node::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_left() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mailbox = start_mailbox(dirs[4].path()).await;
+    let a = start(dirs[0].path()).await;
+    let b = start(dirs[1].path()).await;
+    let c = start(dirs[2].path()).await;
+    let d = start(dirs[3].path()).await;
+    // D's mailbox serves D (D is its contact); D's card names it.
+    mailbox
+        .add_contact(d.contact().await.unwrap(), "D")
+        .await
+        .unwrap();
+    d.use_mailbox(mailbox.contact().await.unwrap())
+        .await
+        .unwrap();
+    let card = ContactCard::from_text(&d.contact().await.unwrap().to_text()).unwrap();
+    assert_eq!(card.mailboxes.len(), 1);
+    assert_eq!(card.mailboxes[0].member, mailbox.id());
+    introduce(&[&a, &b, &c, &d]).await;
+    let d_id = d.id();
+    d.stop().await.unwrap();
+    drop(d);
+
+    let group = a.create_group(&[b.id(), c.id()]).await.unwrap();
+    for node in [&b, &c] {
+        until("joined", async || {
+            node.groups().await.unwrap().contains(&group)
+        })
+        .await;
+    }
+    a.send(group, b"before D").await.unwrap();
+
+    // D is away: its welcome goes to its mailbox, which starts keeping the group.
+    a.add(group, d_id).await.unwrap();
+    until("the mailbox holds D's welcome", async || {
+        mailbox.mailbox_held(group).await.unwrap().0 > 0
+    })
+    .await;
+    for node in [&b, &c] {
+        until("members see D added", async || {
+            node.members(group).await.unwrap().contains(&d_id)
+        })
+        .await;
+    }
+    let mut expected = BTreeSet::new();
+    for i in 0..5 {
+        for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+            let text = format!("{name} while D is away {i}");
+            node.send(group, text.as_bytes()).await.unwrap();
+            expected.insert(text);
+        }
+    }
+    for node in [&a, &b, &c] {
+        until("members read each other", async || {
+            texts(node, group).await.len() == expected.len() + 1
+        })
+        .await;
+    }
+    // Wait until the mailbox stops gaining envelopes (it has what the members have).
+    let mut held = 0;
+    let mut stable_since = tokio::time::Instant::now();
+    until("the mailbox has everything", async || {
+        let now = mailbox.mailbox_held(group).await.unwrap().0;
+        if now != held {
+            held = now;
+            stable_since = tokio::time::Instant::now();
+        }
+        held > expected.len() as u64 && stable_since.elapsed() > Duration::from_secs(4)
+    })
+    .await;
+
+    // Everyone else leaves; D comes back with only its mailbox reachable.
+    for node in [a, b, c] {
+        node.stop().await.unwrap();
+    }
+    let d = start(dirs[3].path()).await;
+    until("D joins from the welcome its mailbox held", async || {
+        d.groups().await.unwrap().contains(&group)
+    })
+    .await;
+    until(
+        "D reads everything sent since its add, once each",
+        async || has_all(&d, group, &expected).await,
+    )
+    .await;
+    // Nothing from before its add, and the mailbox never had the group's keys.
+    assert!(!texts(&d, group).await.contains(&"before D".to_string()));
+    assert!(mailbox.groups().await.unwrap().is_empty());
+}
