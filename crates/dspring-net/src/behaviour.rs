@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, autonat, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, relay,
-    request_response,
+    StreamProtocol, allow_block_list, autonat, dcutr, gossipsub, identify, identity::Keypair, kad,
+    mdns, relay, request_response,
 };
 use sha2::{Digest, Sha256};
 
@@ -29,6 +29,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Peers this node refuses (their connections are closed and new ones denied).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
@@ -102,6 +104,7 @@ impl Behaviour {
         let request_config =
             request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
         Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_VERSION.into(),
                 key.public(),

@@ -28,6 +28,9 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const MAX_PENDING_INBOUND: usize = 4096;
 /// Connections with nothing to do close after this: idle groups keep no connections open.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Peers being looked up in the DHT to connect to them; beyond this, new requests wait for
+/// the next round (the node asks again).
+pub const MAX_LOOKUPS: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -70,6 +73,8 @@ pub struct InboundId(u64);
 #[non_exhaustive]
 pub enum Command {
     Dial(Multiaddr),
+    /// Connect to a peer: at its known addresses, or else where a DHT lookup finds it.
+    Connect(PeerId),
     /// Remember an address of a peer (DHT routing table).
     AddAddress(PeerId, Multiaddr),
     Subscribe(GroupId),
@@ -113,6 +118,9 @@ pub enum Command {
         id: InboundId,
         response: MailboxResponse,
     },
+    /// Close every connection with a peer and refuse new ones, until unblocked (this run).
+    Block(PeerId),
+    Unblock(PeerId),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
 }
 
@@ -294,6 +302,7 @@ pub fn spawn(
         direct: Exchange::new(),
         sync: Exchange::new(),
         mailbox: Exchange::new(),
+        lookups: std::collections::HashSet::new(),
     };
     tokio::spawn(task.run());
     Ok((
@@ -315,6 +324,8 @@ struct Task {
     direct: Exchange<DirectRequest, DirectResponse>,
     sync: Exchange<SyncRequest, SyncResponse>,
     mailbox: Exchange<MailboxRequest, MailboxResponse>,
+    /// Peers wanted and looked up in the DHT, to dial once found.
+    lookups: std::collections::HashSet<PeerId>,
 }
 
 /// The requests of one request-response protocol in flight, both ways.
@@ -405,6 +416,15 @@ impl Task {
                     tracing::debug!(%error, "dial failed");
                 }
             }
+            Command::Connect(peer) => {
+                if self.swarm.is_connected(&peer) || self.lookups.contains(&peer) {
+                    return;
+                }
+                if self.swarm.dial(peer).is_err() && self.lookups.len() < MAX_LOOKUPS {
+                    self.lookups.insert(peer);
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                }
+            }
             Command::AddAddress(peer, address) => {
                 behaviour.kad.add_address(&peer, address);
             }
@@ -485,6 +505,12 @@ impl Task {
                 if let Some(channel) = self.mailbox.inbound.remove(&id) {
                     let _ = behaviour.mailbox.send_response(channel, response);
                 }
+            }
+            Command::Block(peer) => {
+                behaviour.blocked.block_peer(peer);
+            }
+            Command::Unblock(peer) => {
+                behaviour.blocked.unblock_peer(peer);
             }
             Command::ListenAddresses(done) => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
@@ -574,7 +600,30 @@ impl Task {
                 }
                 None
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { .. }) => None,
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            }) => {
+                let (key, peers) = match result {
+                    Ok(ok) => (ok.key, ok.peers),
+                    Err(kad::GetClosestPeersError::Timeout { key, peers }) => (key, peers),
+                };
+                if let Ok(target) = PeerId::from_bytes(&key) {
+                    if let Some(found) = peers.into_iter().find(|p| p.peer_id == target) {
+                        self.lookups.remove(&target);
+                        let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(target)
+                            .addresses(found.addrs)
+                            .build();
+                        if let Err(error) = self.swarm.dial(dial) {
+                            tracing::debug!(%error, "dial after lookup");
+                        }
+                    } else if step.last {
+                        self.lookups.remove(&target);
+                    }
+                }
+                None
+            }
             _ => None,
         }
     }

@@ -32,6 +32,17 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 const WELCOME_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// A sync page stays well under the protocol's byte bound.
 const SYNC_PAGE_BYTES: usize = dspring_net::wire::MAX_SYNC_RESPONSE / 2;
+/// Each member keeps connections to the next few members of each busy group in the ring of
+/// member ids: a ring is connected, so a group whose members can reach each other at all is
+/// one gossip mesh (and a healed partition reconnects through the ring).
+const RING_SUCCESSORS: usize = 2;
+/// Below this many connected members of a busy group, more (random) members are dialled: the
+/// ring alone fails when successors are unreachable.
+const MIN_GROUP_PEERS: usize = 4;
+/// A group with nothing sent or received for this long is idle: no connections are made for
+/// it (they close after the network's idle timeout).
+const BUSY_GROUP_WINDOW: Duration = Duration::from_secs(120);
+
 /// Mailbox role: ciphertext kept per group. Anyone who knows a group's topic can publish to
 /// it and a mailbox cannot tell members' envelopes from junk, so each group gets a quota;
 /// beyond it new envelopes are dropped until the retention frees space.
@@ -88,6 +99,8 @@ struct Actor {
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
     /// Welcomes already deposited at a mailbox this run: (member, group, mailbox).
     deposited: HashSet<(MemberId, GroupId, MemberId)>,
+    /// When each group last had an envelope, for keeping busy groups connected.
+    last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
 }
@@ -190,6 +203,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         own_mailboxes,
         group_mailboxes,
         deposited: HashSet::new(),
+        last_activity: HashMap::new(),
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -260,6 +274,15 @@ impl Actor {
                             Err(error) => tracing::warn!(%error, "mailbox expiry"),
                         }
                     }
+                    let busy: Vec<GroupId> = self
+                        .last_activity
+                        .iter()
+                        .filter(|(_, at)| at.elapsed() < BUSY_GROUP_WINDOW)
+                        .map(|(group, _)| *group)
+                        .collect();
+                    for group in busy {
+                        self.connect_group(group).await;
+                    }
                     // Catch up with connected members: gossip can miss an envelope (a peer
                     // joined the mesh late, a message aged out of the cache).
                     for peer in self.connected.clone() {
@@ -292,6 +315,10 @@ impl Actor {
             Request::Send(group, plaintext, reply) => {
                 let body = content::text(&plaintext);
                 let result = self.local(group, |g, _, _| Ok(g.send(&body)?)).await;
+                if result.is_ok() && self.connected_members(&group) == 0 {
+                    // Something to send and nobody to hear it: find the members.
+                    self.connect_group(group).await;
+                }
                 let _ = reply.send(result);
             }
             Request::Update(group, reply) => {
@@ -344,6 +371,20 @@ impl Actor {
             }
             Request::UseMailbox(card, reply) => {
                 let _ = reply.send(self.use_mailbox(card).await);
+            }
+            Request::Block(member, block, reply) => {
+                let result = match dspring_net::identity::peer_id(&member) {
+                    Ok(peer) => {
+                        let command = if block {
+                            Command::Block(peer)
+                        } else {
+                            Command::Unblock(peer)
+                        };
+                        self.net.send(command).await.map_err(Into::into)
+                    }
+                    Err(_) => Err(NodeError::UnknownContact(member)),
+                };
+                let _ = reply.send(result);
             }
             Request::MailboxHeld(group, reply) => {
                 let _ = reply.send(self.store.mailbox_usage(&group).map_err(Into::into));
@@ -429,6 +470,59 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    fn connected_members(&self, group: &GroupId) -> usize {
+        let Some(state) = self.groups.get(group) else {
+            return 0;
+        };
+        state
+            .members()
+            .iter()
+            .filter(|m| {
+                dspring_net::identity::peer_id(m).is_ok_and(|p| self.connected.contains(&p))
+            })
+            .count()
+    }
+
+    /// Dials this node's ring successors in a group, and random members while fewer than
+    /// [`MIN_GROUP_PEERS`] are connected.
+    async fn connect_group(&mut self, group: GroupId) {
+        let Some(state) = self.groups.get(&group).filter(|g| g.is_active()) else {
+            return;
+        };
+        let me = self.device.id();
+        let mut members: Vec<MemberId> = state.members().into_iter().filter(|m| *m != me).collect();
+        members.sort();
+        // The ring in id order, starting after this node.
+        let start = members.partition_point(|m| *m < me);
+        members.rotate_left(start);
+        let peers: Vec<PeerId> = members
+            .iter()
+            .filter_map(|m| dspring_net::identity::peer_id(m).ok())
+            .collect();
+        let mut wanted: Vec<PeerId> = peers.iter().take(RING_SUCCESSORS).copied().collect();
+        let connected = peers.iter().filter(|p| self.connected.contains(p)).count();
+        if connected < MIN_GROUP_PEERS {
+            let mut others: Vec<PeerId> = peers
+                .iter()
+                .skip(RING_SUCCESSORS)
+                .filter(|p| !self.connected.contains(p))
+                .copied()
+                .collect();
+            // A random pick: successors may be unreachable, and a fixed pick would keep
+            // trying the same ones.
+            for i in 0..others.len() {
+                let j = i + (rand_core::Rng::next_u32(&mut self.rng) as usize) % (others.len() - i);
+                others.swap(i, j);
+            }
+            wanted.extend(others.into_iter().take(MIN_GROUP_PEERS - connected));
+        }
+        for peer in wanted {
+            if !self.connected.contains(&peer) {
+                let _ = self.net.send(Command::Connect(peer)).await;
+            }
+        }
     }
 
     /// Tells a group's members that `mailbox` serves it (once per group and mailbox).
@@ -609,6 +703,7 @@ impl Actor {
     ) -> Result<(), NodeError> {
         let committed = self.store.apply_welcoming(staged, welcome)?;
         let id = staged.group.id();
+        self.last_activity.insert(id, tokio::time::Instant::now());
         self.device.consume_prekeys(&staged.consumed_prekeys);
         self.groups.insert(id, staged.group.clone());
         let now = now_ms();

@@ -152,6 +152,7 @@ pub(crate) enum Request {
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
+    Block(MemberId, bool, Reply<()>),
     MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
 }
@@ -309,6 +310,16 @@ impl Node {
     /// and on every connection this node asks it for news.
     pub async fn use_mailbox(&self, card: ContactCard) -> Result<(), NodeError> {
         self.ask(|r| Request::UseMailbox(card, r)).await
+    }
+
+    /// Cuts this node off from `member` until [`Node::unblock`] or a restart: connections are
+    /// closed and new ones refused, both ways. Group traffic still reaches it through others.
+    pub async fn block(&self, member: MemberId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Block(member, true, r)).await
+    }
+
+    pub async fn unblock(&self, member: MemberId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Block(member, false, r)).await
     }
 
     /// Mailbox role: envelopes and bytes held for `group`.
