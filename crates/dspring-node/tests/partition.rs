@@ -95,18 +95,18 @@ async fn a_partitioned_group_keeps_going_on_both_sides_and_converges_when_healed
         .unwrap();
     let ids: Vec<MemberId> = (1..size).map(|m| nodes[m].id()).collect();
     let group = nodes[0].create_group(&ids).await.unwrap();
-    for m in 0..size {
+    for node in &nodes[..size] {
         wait_for("every member joins", async || {
-            nodes[m].groups().await.unwrap().contains(&group)
+            node.groups().await.unwrap().contains(&group)
         })
         .await;
     }
     let everyone: Vec<usize> = (0..size).collect();
     let mut before = BTreeSet::new();
     send_all(&nodes, &everyone, group, "before", &mut before).await;
-    for m in 0..size {
+    for node in &nodes[..size] {
         wait_for("every member has the first round", async || {
-            message_set(&nodes[m], group).await == before
+            message_set(node, group).await == before
         })
         .await;
     }
