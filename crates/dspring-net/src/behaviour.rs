@@ -29,6 +29,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub addresses: crate::address_book::AddressBook,
     /// Peers this node refuses (their connections are closed and new ones denied).
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
@@ -104,6 +105,7 @@ impl Behaviour {
         let request_config =
             request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
         Ok(Self {
+            addresses: crate::address_book::AddressBook::default(),
             blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_VERSION.into(),

@@ -8,6 +8,7 @@
 //!
 //! Status: the first part of issue #4 (see `docs/NETWORK.md`).
 
+mod address_book;
 mod behaviour;
 pub mod identity;
 mod network;
@@ -15,6 +16,6 @@ pub mod topic;
 pub mod wire;
 
 pub use network::{
-    Command, Config, EVENT_QUEUE, Event, InboundId, MAX_PENDING_INBOUND, Network, NetworkError,
-    Verdict, spawn,
+    Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND, Network,
+    NetworkError, Traffic, Verdict, spawn,
 };

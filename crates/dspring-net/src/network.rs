@@ -12,6 +12,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, kad, mdns, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::address_book::MAX_PEER_ADDRESSES;
 use crate::behaviour::{Behaviour, BehaviourEvent, Options};
 use crate::topic;
 use crate::wire::{
@@ -122,6 +123,15 @@ pub enum Command {
     Block(PeerId),
     Unblock(PeerId),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
+    Traffic(oneshot::Sender<Traffic>),
+}
+
+/// Bytes carried by this node's connections since it started (application streams, before
+/// the multiplexer and encryption add their framing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent: u64,
+    pub received: u64,
 }
 
 #[derive(Debug)]
@@ -248,6 +258,10 @@ impl Network {
         .await?
     }
 
+    pub async fn traffic(&self) -> Result<Traffic, NetworkError> {
+        self.ask(Command::Traffic).await
+    }
+
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         self.ask(Command::ListenAddresses).await
     }
@@ -263,6 +277,7 @@ pub fn spawn(
         mdns: config.mdns,
         relay_server: config.relay_server,
     };
+    let mut registry = libp2p::metrics::Registry::default();
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -274,6 +289,7 @@ pub fn spawn(
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
+        .with_bandwidth_metrics(&mut registry)
         .with_behaviour(|key, relay_client| {
             Behaviour::new(key, relay_client, &options)
                 .map_err(Box::<dyn std::error::Error + Send + std::marker::Sync>::from)
@@ -303,6 +319,7 @@ pub fn spawn(
         sync: Exchange::new(),
         mailbox: Exchange::new(),
         lookups: std::collections::HashSet::new(),
+        registry,
     };
     tokio::spawn(task.run());
     Ok((
@@ -326,6 +343,8 @@ struct Task {
     mailbox: Exchange<MailboxRequest, MailboxResponse>,
     /// Peers wanted and looked up in the DHT, to dial once found.
     lookups: std::collections::HashSet<PeerId>,
+    /// libp2p's bandwidth counters.
+    registry: libp2p::metrics::Registry,
 }
 
 /// The requests of one request-response protocol in flight, both ways.
@@ -426,6 +445,7 @@ impl Task {
                 }
             }
             Command::AddAddress(peer, address) => {
+                behaviour.addresses.add(peer, address.clone());
                 behaviour.kad.add_address(&peer, address);
             }
             Command::Subscribe(group) => {
@@ -512,6 +532,9 @@ impl Task {
             Command::Unblock(peer) => {
                 behaviour.blocked.unblock_peer(peer);
             }
+            Command::Traffic(done) => {
+                let _ = done.send(traffic(&self.registry));
+            }
             Command::ListenAddresses(done) => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
             }
@@ -586,17 +609,18 @@ impl Task {
                 .map(|(id, peer, request)| Event::MailboxRequested { id, peer, request }),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // What a peer says it listens on goes into the DHT routing table.
-                for address in info.listen_addrs {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, address);
+                for address in info.listen_addrs.into_iter().take(MAX_PEER_ADDRESSES) {
+                    let behaviour = self.swarm.behaviour_mut();
+                    behaviour.addresses.add(peer_id, address.clone());
+                    behaviour.kad.add_address(&peer_id, address);
                 }
                 None
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, address);
+                    let behaviour = self.swarm.behaviour_mut();
+                    behaviour.addresses.add(peer, address.clone());
+                    behaviour.kad.add_address(&peer, address);
                 }
                 None
             }
@@ -612,6 +636,12 @@ impl Task {
                 if let Ok(target) = PeerId::from_bytes(&key) {
                     if let Some(found) = peers.into_iter().find(|p| p.peer_id == target) {
                         self.lookups.remove(&target);
+                        for address in found.addrs.iter().take(MAX_PEER_ADDRESSES) {
+                            self.swarm
+                                .behaviour_mut()
+                                .addresses
+                                .add(target, address.clone());
+                        }
                         let dial = libp2p::swarm::dial_opts::DialOpts::peer_id(target)
                             .addresses(found.addrs)
                             .build();
@@ -627,4 +657,28 @@ impl Task {
             _ => None,
         }
     }
+}
+
+/// Sums libp2p's bandwidth counters by direction. They are only readable as the Prometheus
+/// text form, so this reads that: `libp2p_bandwidth_bytes_total{...direction="Outbound"} N`.
+fn traffic(registry: &libp2p::metrics::Registry) -> Traffic {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return Traffic::default();
+    }
+    let mut out = Traffic::default();
+    for line in text.lines() {
+        if !line.starts_with("libp2p_bandwidth_bytes_total{") {
+            continue;
+        }
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        if line.contains("direction=\"Outbound\"") {
+            out.sent = out.sent.saturating_add(value);
+        } else if line.contains("direction=\"Inbound\"") {
+            out.received = out.received.saturating_add(value);
+        }
+    }
+    out
 }

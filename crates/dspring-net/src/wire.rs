@@ -102,6 +102,9 @@ pub struct SyncResponse {
     pub envelopes: Vec<Vec<u8>>,
     /// Ask again with this token for more; `None` when this was the last page.
     pub next: Option<u64>,
+    /// On the last page: the end of the responder's log. Everything before it was offered,
+    /// so the next sync with this peer can start there instead of at the beginning.
+    pub end: u64,
 }
 
 /// Framing of one protocol: its request and response types and their bounds.

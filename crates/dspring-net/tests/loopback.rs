@@ -122,6 +122,17 @@ async fn gossip_direct_and_sync_between_real_nodes() {
             .unwrap();
     }
 
+    // The traffic counters saw the envelope go out of A and into B and C.
+    let sent = a.net.traffic().await.unwrap().sent;
+    assert!(sent >= 2 * envelope.len() as u64, "A sent {sent} bytes");
+    for node in [&b, &c] {
+        let received = node.net.traffic().await.unwrap().received;
+        assert!(
+            received >= envelope.len() as u64,
+            "received {received} bytes"
+        );
+    }
+
     // Direct delivery, answered only once the receiver says so.
     let request = DirectRequest {
         group: GROUP,
@@ -172,6 +183,7 @@ async fn gossip_direct_and_sync_between_real_nodes() {
     let page = SyncResponse {
         envelopes: vec![b"one".to_vec(), b"two".to_vec()],
         next: None,
+        end: 2,
     };
     a.net
         .send(Command::AnswerSync {

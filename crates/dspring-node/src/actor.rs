@@ -43,6 +43,10 @@ const MIN_GROUP_PEERS: usize = 4;
 /// it (they close after the network's idle timeout).
 const BUSY_GROUP_WINDOW: Duration = Duration::from_secs(120);
 
+/// Sync positions remembered (group and peer pairs); beyond this, syncs start from the
+/// beginning of the peer's log, which is slower but still right.
+const MAX_SYNC_POSITIONS: usize = 65_536;
+
 /// Mailbox role: ciphertext kept per group. Anyone who knows a group's topic can publish to
 /// it and a mailbox cannot tell members' envelopes from junk, so each group gets a quota;
 /// beyond it new envelopes are dropped until the retention frees space.
@@ -99,6 +103,9 @@ struct Actor {
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
     /// Welcomes already deposited at a mailbox this run: (member, group, mailbox).
     deposited: HashSet<(MemberId, GroupId, MemberId)>,
+    /// Per group and peer, the end of the peer's log at the last completed sync: the next
+    /// periodic sync starts there rather than going through the whole log again.
+    synced: HashMap<(GroupId, PeerId), u64>,
     /// When each group last had an envelope, for keeping busy groups connected.
     last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// Dropped with the actor, which ends every event stream.
@@ -204,6 +211,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         group_mailboxes,
         deposited: HashSet::new(),
         last_activity: HashMap::new(),
+        synced: HashMap::new(),
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -385,6 +393,9 @@ impl Actor {
                     Err(_) => Err(NodeError::UnknownContact(member)),
                 };
                 let _ = reply.send(result);
+            }
+            Request::Traffic(reply) => {
+                let _ = reply.send(self.net.traffic().await.map_err(Into::into));
             }
             Request::MailboxHeld(group, reply) => {
                 let _ = reply.send(self.store.mailbox_usage(&group).map_err(Into::into));
@@ -702,6 +713,25 @@ impl Actor {
         welcome: &[MemberId],
     ) -> Result<(), NodeError> {
         let committed = self.store.apply_welcoming(staged, welcome)?;
+        self.committed(staged, &committed).await;
+        self.pump_outbox().await;
+        Ok(())
+    }
+
+    /// Commits consecutive steps of one group in one transaction (a sync page: one commit
+    /// instead of one per envelope), then tells subscribers and hands the outbox over.
+    async fn commit_steps(&mut self, steps: &[Staged]) -> Result<(), NodeError> {
+        let refs: Vec<&Staged> = steps.iter().collect();
+        let committed = self.store.apply_batch(&refs)?;
+        for (staged, committed) in steps.iter().zip(&committed) {
+            self.committed(staged, committed).await;
+        }
+        self.pump_outbox().await;
+        Ok(())
+    }
+
+    /// What follows a committed step: the new state in memory, announcements, live events.
+    async fn committed(&mut self, staged: &Staged, committed: &dspring_store::Committed) {
         let id = staged.group.id();
         self.last_activity.insert(id, tokio::time::Instant::now());
         self.device.consume_prekeys(&staged.consumed_prekeys);
@@ -731,8 +761,6 @@ impl Actor {
         if !staged.group.is_active() {
             let _ = self.net.send(Command::Unsubscribe(id)).await;
         }
-        self.pump_outbox().await;
-        Ok(())
     }
 
     /// A mailbox announced in a group: its members answer its syncs and sync from it.
@@ -876,14 +904,19 @@ impl Actor {
                     || (!self.own_mailboxes.contains_key(&member)
                         && self.is_group_mailbox(id, &member)))
             {
-                self.request_sync(*id, peer, 0);
+                self.request_sync(*id, peer, self.sync_position(id, &peer));
             }
         }
         for (group, subscribers) in &self.subscribers {
             if subscribers.contains(&peer) {
-                self.request_sync(*group, peer, 0);
+                self.request_sync(*group, peer, self.sync_position(group, &peer));
             }
         }
+    }
+
+    /// Where the next sync of `group` with `peer` starts: after what its last one covered.
+    fn sync_position(&self, group: &GroupId, peer: &PeerId) -> u64 {
+        self.synced.get(&(*group, *peer)).copied().unwrap_or(0)
     }
 
     fn is_group_mailbox(&self, group: &GroupId, member: &MemberId) -> bool {
@@ -1038,17 +1071,25 @@ impl Actor {
         }
     }
 
-    /// Takes an envelope of a known group through the core and commits it; true if accepted.
-    async fn receive(&mut self, group: GroupId, envelope: Vec<u8>) -> bool {
-        let Some(state) = self.groups.get(&group) else {
-            return false;
+    /// Takes a sync page through the core, each envelope on the state the previous one left,
+    /// and commits the accepted ones together.
+    async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) {
+        let Some(base) = self.groups.get(&group) else {
+            return;
         };
-        match state.receive(&self.device, envelope, &mut self.rng) {
-            Ok(staged) => self.commit(&staged).await.is_ok(),
-            Err(error) => {
-                tracing::debug!(%error, "refused an envelope");
-                false
+        let mut steps: Vec<Staged> = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let current = steps.last().map_or(base, |s| &s.group);
+            match current.receive(&self.device, envelope, &mut self.rng) {
+                Ok(staged) => steps.push(staged),
+                Err(error) => tracing::debug!(%error, "refused an envelope"),
             }
+        }
+        if steps.is_empty() {
+            return;
+        }
+        if let Err(error) = self.commit_steps(&steps).await {
+            tracing::warn!(%error, "committing a sync page");
         }
     }
 
@@ -1124,12 +1165,14 @@ impl Actor {
         let empty = SyncResponse {
             envelopes: Vec::new(),
             next: None,
+            end: 0,
         };
         let marks: HashMap<_, _> = request
             .marks
             .iter()
             .map(|m| (m.sender, (m.control_seq, m.application)))
             .collect();
+        let member = self.groups.contains_key(&request.group);
         let answer = if let Some(state) = self.groups.get(&request.group) {
             // Members, and the mailboxes announced in the group.
             let allowed = dspring_net::identity::member(&peer).is_some_and(|m| {
@@ -1160,7 +1203,18 @@ impl Actor {
             return empty;
         };
         match answer {
-            Ok((envelopes, next)) => SyncResponse { envelopes, next },
+            Ok((envelopes, next)) => {
+                let end = match next {
+                    Some(_) => 0,
+                    None if member => self.store.log_end(&request.group).unwrap_or(0),
+                    None => self.store.mailbox_end(&request.group).unwrap_or(0),
+                };
+                SyncResponse {
+                    envelopes,
+                    next,
+                    end,
+                }
+            }
             Err(_) => empty,
         }
     }
@@ -1181,15 +1235,20 @@ impl Actor {
                 if !member && !self.serves(&group) {
                     return;
                 }
-                for envelope in response.envelopes {
-                    if member {
-                        self.receive(group, envelope).await;
-                    } else {
+                if member {
+                    self.receive_page(group, response.envelopes).await;
+                } else {
+                    for envelope in response.envelopes {
                         self.mailbox_keep(group, &envelope);
                     }
                 }
-                if let Some(token) = response.next {
-                    self.request_sync(group, peer, token);
+                match response.next {
+                    Some(token) => self.request_sync(group, peer, token),
+                    None => {
+                        if self.synced.len() < MAX_SYNC_POSITIONS {
+                            self.synced.insert((group, peer), response.end);
+                        }
+                    }
                 }
             }
             Internal::News {

@@ -61,6 +61,7 @@ use libp2p::Multiaddr;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
+pub use dspring_net::Traffic;
 pub use dspring_store::StoredEvent as NodeEvent;
 
 /// Commands waiting for the actor: API callers wait (backpressure) when it is full.
@@ -153,6 +154,7 @@ pub(crate) enum Request {
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
     Block(MemberId, bool, Reply<()>),
+    Traffic(Reply<dspring_net::Traffic>),
     MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
 }
@@ -320,6 +322,11 @@ impl Node {
 
     pub async fn unblock(&self, member: MemberId) -> Result<(), NodeError> {
         self.ask(|r| Request::Block(member, false, r)).await
+    }
+
+    /// Bytes this node's connections carried since it started.
+    pub async fn traffic(&self) -> Result<dspring_net::Traffic, NodeError> {
+        self.ask(Request::Traffic).await
     }
 
     /// Mailbox role: envelopes and bytes held for `group`.

@@ -51,7 +51,14 @@ pub(crate) fn group_place(group: &GroupId) -> Vec<u8> {
 impl Store {
     /// Commits one core step: the new group state, its envelopes (sent and delivered) in the
     /// group log, its outbox, its events and the deletion of the one-time prekeys it used. All
-    /// or nothing; durable when this returns.
+    /// or nothing.
+    ///
+    /// A step that sends anything or uses a prekey is on disk (synced) when this returns:
+    /// nothing may leave the node before the state that produced it is durable, or a power
+    /// loss could make it send again from the same ratchet position. A step that only
+    /// delivers skips the sync: it survives a process crash when this returns (WAL), and a
+    /// power loss once the next sync happens (the next sending step or checkpoint). What a
+    /// power loss takes back is a delivery, which sync fetches again from the other members.
     pub fn apply(&mut self, staged: &Staged) -> Result<Committed, StoreError> {
         self.apply_welcoming(staged, &[])
     }
@@ -86,6 +93,18 @@ impl Store {
             last_state.insert(staged.group.id(), i);
         }
         let now = to_sql_int(now_ms())?;
+        let must_sync = !first_welcomes.is_empty()
+            || batch
+                .iter()
+                .any(|s| !s.outbox.is_empty() || !s.consumed_prekeys.is_empty());
+        if must_sync != self.syncing {
+            self.conn.execute_batch(if must_sync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            })?;
+            self.syncing = must_sync;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -3,7 +3,9 @@
 //!
 //! * One call, [`Store::apply`], commits everything a core step produced (new group state,
 //!   log entries, outbox, events, used prekeys) in one transaction, or nothing.
-//! * Durable on return: WAL with `synchronous = FULL`.
+//! * Durable on return: WAL with `synchronous = FULL`; except that a step which sends
+//!   nothing (a pure delivery) skips the disk sync: it survives a process crash at once and a
+//!   power loss from the next sync on (see [`Store::apply`]).
 //! * Forward secrecy on disk: `secure_delete` overwrites deleted rows, and
 //!   [`Store::checkpoint`] folds the write-ahead log back and truncates it, so that replaced
 //!   group states (and the keys in them) leave the files.
@@ -73,6 +75,10 @@ pub const KEY_FILE: &str = "store.key";
 /// legitimate one (envelopes stop at 4 MiB), small enough that a corrupt row cannot make a
 /// read allocate without bound.
 pub const MAX_VALUE_BYTES: i32 = 64 << 20;
+/// SQLite's page cache per store, KiB. The default (2 MiB) is most of a node's memory when
+/// many nodes share a machine; a node's hot set (group states, the log's tail, indexes) is a
+/// few hundred KiB, and the OS page cache keeps the rest of the file at hand.
+pub const PAGE_CACHE_KIB: u32 = 512;
 /// Most rows one page of a read returns: callers page through longer ranges.
 pub const MAX_PAGE: usize = 1000;
 /// The write-ahead log is cut back to this size after a checkpoint, so that old page images
@@ -96,6 +102,8 @@ pub struct Store {
     _lock: fs::File,
     /// Group id to local row id, for the groups committed so far.
     group_refs: HashMap<GroupId, i64>,
+    /// Whether commits sync the disk now (`synchronous = FULL`); see [`Store::apply`].
+    syncing: bool,
 }
 
 impl Store {
@@ -151,6 +159,7 @@ impl Store {
             path: path.to_path_buf(),
             _lock: lock,
             group_refs: HashMap::new(),
+            syncing: true,
         };
         store.load_group_refs()?;
         Ok(store)
@@ -217,7 +226,8 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     // WAL: one fsync per commit; FULL: a commit is durable when it returns.
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL;
+        "PRAGMA cache_size = -{PAGE_CACHE_KIB};
+         PRAGMA synchronous = FULL;
          PRAGMA secure_delete = ON;
          PRAGMA foreign_keys = ON;
          PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"

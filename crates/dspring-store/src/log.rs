@@ -130,6 +130,18 @@ impl Store {
         lacking(rows, "envelopes", after, marks, max_count, max_bytes)
     }
 
+    /// The position of the newest envelope of a group's log (0 if none).
+    pub fn log_end(&self, group: &GroupId) -> Result<u64, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(0);
+        };
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(id) FROM envelopes WHERE group_ref = ?1")?
+            .query_row([group_ref], |r| r.get(0))?;
+        Ok(from_sql_int(end.unwrap_or(0), "envelopes", "end")?)
+    }
+
     /// Runs a query of `(id, bytes)` rows of `table` into log entries.
     pub(crate) fn log_entries(
         &self,

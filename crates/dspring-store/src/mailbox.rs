@@ -232,6 +232,15 @@ impl Store {
         )
     }
 
+    /// The position of the newest envelope kept for a served group (0 if none).
+    pub fn mailbox_end(&self, group: &GroupId) -> Result<u64, StoreError> {
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(id) FROM mailbox_envelopes WHERE group_id = ?1")?
+            .query_row([group.as_bytes()], |r| r.get(0))?;
+        Ok(from_sql_int(end.unwrap_or(0), "mailbox_envelopes", "end")?)
+    }
+
     /// Keeps a served group for `member` (an owner of this mailbox), so that its news reach
     /// them.
     /// Refused once the owner has `max_groups` groups kept.

@@ -1,0 +1,594 @@
+//! `dspring-netbench`: the network benchmark of issue #4. N real nodes in this process (libp2p
+//! on loopback, a SQLite file and a thread each), one group of G members, 1 KiB messages at a
+//! steady rate. Prints delivery latency (p50, p99), delivery ratio, sender upload and total
+//! upload per recipient as multiples of the message size, memory per node, CPU per delivery,
+//! and the catch-up time of a member returning after missing many messages; beside it, naive
+//! unicast (the sender sends to each member) measured on the same transport.
+//!
+//! Usage: `dspring-netbench [--nodes 100] [--group 64] [--rate 50] [--seconds 10]
+//! [--catch-up 10000] [--quick]`. Linux only (CPU and memory come from `/proc/self`).
+
+// Node and member indices come from ranges bounded by the checked options (nodes ≥ group + 2,
+// group ≥ 3), so indexing cannot go out of bounds here.
+#![allow(clippy::indexing_slicing)]
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dspring_net::wire::DirectRequest;
+use dspring_net::{Command as NetCommand, Event as NetEvent, Network};
+use dspring_node::{Node, NodeConfig};
+use dspring_proto::{Device, Event, Group, GroupId};
+use futures::StreamExt;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+/// The message size of the issue's scenario.
+const MESSAGE: usize = 1024;
+/// How long to wait for stragglers after the last send before counting a message lost.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Setup steps (joining, warm-up) give up after this.
+const SETUP_LIMIT: Duration = Duration::from_secs(300);
+/// Linux reports process CPU time in /proc in units of USER_HZ, which is 100 on every
+/// architecture Linux supports for user space.
+const USER_HZ: f64 = 100.0;
+/// How long the idle cost is measured: two maintenance rounds of every node.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
+struct Options {
+    nodes: usize,
+    group: usize,
+    rate: f64,
+    seconds: f64,
+    catch_up: usize,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut options = Options {
+        nodes: 100,
+        group: 64,
+        rate: 50.0,
+        seconds: 10.0,
+        catch_up: 10_000,
+    };
+    let mut args = std::env::args().skip(1);
+    let number = |name: &str, value: Option<String>| -> Result<f64, String> {
+        value
+            .ok_or(format!("{name} needs a number"))?
+            .parse::<f64>()
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => {
+                options = Options {
+                    nodes: 16,
+                    group: 10,
+                    rate: 20.0,
+                    seconds: 2.0,
+                    catch_up: 1_000,
+                };
+            }
+            "--nodes" => options.nodes = number("--nodes", args.next())? as usize,
+            "--group" => options.group = number("--group", args.next())? as usize,
+            "--rate" => options.rate = number("--rate", args.next())?,
+            "--seconds" => options.seconds = number("--seconds", args.next())?,
+            "--catch-up" => options.catch_up = number("--catch-up", args.next())? as usize,
+            "-h" | "--help" => {
+                return Err(
+                    "usage: dspring-netbench [--nodes N] [--group G] [--rate MSG/S] \
+                     [--seconds S] [--catch-up MESSAGES] [--quick]"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if options.group < 3 || options.nodes < options.group + 2 {
+        return Err("need --group of at least 3 and --nodes at least group + 2".into());
+    }
+    if !(options.rate > 0.0 && options.seconds > 0.0) {
+        return Err("--rate and --seconds must be positive".into());
+    }
+    Ok(options)
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// CPU time (user + system) of this process, seconds.
+fn cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / USER_HZ
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + SETUP_LIMIT;
+    while !check().await {
+        if Instant::now() > deadline {
+            return Err(format!("timed out: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn start(dir: &std::path::Path) -> Result<Node, String> {
+    let mut config = NodeConfig::new(dir);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?];
+    config.mdns = false;
+    Node::start(config).await.map_err(|e| e.to_string())
+}
+
+/// A 1 KiB message body carrying its number.
+fn body(number: usize) -> Vec<u8> {
+    let mut text = format!("bench {number} ").into_bytes();
+    text.resize(MESSAGE, b'.');
+    text
+}
+
+fn number_of(plaintext: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(plaintext.get(..32.min(plaintext.len()))?).ok()?;
+    text.strip_prefix("bench ")?.split(' ').next()?.parse().ok()
+}
+
+/// Arrival times: message number → (member index → when).
+type Arrivals = Arc<Mutex<HashMap<usize, HashMap<usize, Instant>>>>;
+
+fn follow(node: &Node, index: usize, arrivals: Arrivals) {
+    let mut events = Box::pin(node.events(0));
+    tokio::spawn(async move {
+        while let Some(stored) = events.next().await {
+            if let Event::Message { plaintext, .. } = stored.event
+                && let Some(number) = number_of(&plaintext)
+                && let Ok(mut arrivals) = arrivals.lock()
+            {
+                let now = Instant::now();
+                arrivals
+                    .entry(number)
+                    .or_default()
+                    .entry(index)
+                    .or_insert(now);
+            }
+        }
+    });
+}
+
+fn delivered(arrivals: &Arrivals, numbers: std::ops::Range<usize>) -> usize {
+    arrivals.lock().map_or(0, |a| {
+        numbers.map(|n| a.get(&n).map_or(0, HashMap::len)).sum()
+    })
+}
+
+async fn upload(nodes: &[Node]) -> Result<Vec<u64>, String> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        out.push(node.traffic().await.map_err(|e| e.to_string())?.sent);
+    }
+    Ok(out)
+}
+
+/// Sends messages `numbers` from `senders` (round-robin) at `rate` per second; returns when
+/// each send started.
+async fn send_steadily(
+    nodes: &[Node],
+    senders: &[usize],
+    group: GroupId,
+    numbers: std::ops::Range<usize>,
+    rate: f64,
+) -> Result<HashMap<usize, (usize, Instant)>, String> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let begin = tokio::time::Instant::now();
+    let mut sent = HashMap::new();
+    for (k, number) in numbers.enumerate() {
+        tokio::time::sleep_until(begin + interval * k as u32).await;
+        let sender = senders[k % senders.len()];
+        let at = Instant::now();
+        nodes[sender]
+            .send(group, &body(number))
+            .await
+            .map_err(|e| e.to_string())?;
+        sent.insert(number, (sender, at));
+    }
+    Ok(sent)
+}
+
+/// The size on the wire of one real 1 KiB group message (envelope), for the unicast baseline.
+fn envelope_size() -> Result<usize, String> {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let alice = Device::generate(1, &mut rng);
+    let bob = Device::generate(1, &mut rng);
+    let created = Group::create(&alice, GroupId([1; 32]), &[bob.bundle(None)], &mut rng)
+        .map_err(|e| e.to_string())?;
+    // The node adds a one-byte content tag to every message.
+    let staged = created
+        .group
+        .send(&[0u8; MESSAGE + 1])
+        .map_err(|e| e.to_string())?;
+    staged
+        .outbox
+        .first()
+        .map(|o| o.bytes.len())
+        .ok_or("no envelope".into())
+}
+
+/// Naive unicast: one sender sends each message to every other member by a direct request,
+/// on the same libp2p transport. Returns the sender's upload per message as a multiple of
+/// the message size.
+async fn unicast(members: usize, messages: usize) -> Result<f64, String> {
+    let size = envelope_size()?;
+    let mut networks: Vec<(Network, tokio::sync::mpsc::Receiver<NetEvent>)> = Vec::new();
+    for _ in 0..members {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let config = dspring_net::Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().map_err(|e| format!("{e}"))?],
+            mdns: false,
+            ..dspring_net::Config::default()
+        };
+        networks.push(dspring_net::spawn(key, config).map_err(|e| e.to_string())?);
+    }
+    let mut addresses = Vec::new();
+    for (_, events) in &mut networks {
+        loop {
+            match tokio::time::timeout(SETUP_LIMIT, events.recv()).await {
+                Ok(Some(NetEvent::Listening(address))) => {
+                    addresses.push(address);
+                    break;
+                }
+                Ok(Some(_)) => {}
+                _ => return Err("a unicast node never listened".into()),
+            }
+        }
+    }
+    let (sender, mut sender_events) = networks.remove(0);
+    let peers: Vec<libp2p::PeerId> = networks.iter().map(|(n, _)| n.local_peer_id).collect();
+    for address in &addresses[1..] {
+        sender
+            .send(NetCommand::Dial(address.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut connected = 0;
+    while connected < peers.len() {
+        match tokio::time::timeout(SETUP_LIMIT, sender_events.recv()).await {
+            Ok(Some(NetEvent::Connected(_))) => connected += 1,
+            Ok(Some(_)) => {}
+            _ => return Err("the unicast sender did not connect to every member".into()),
+        }
+    }
+    // Keep reading the sender's events, or its network would stop for backpressure.
+    tokio::spawn(async move { while sender_events.recv().await.is_some() {} });
+    // Receivers answer every delivery.
+    for (network, mut events) in networks {
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let NetEvent::Direct { id, .. } = event {
+                    let _ = network
+                        .send(NetCommand::AnswerDirect {
+                            id,
+                            response: dspring_net::wire::DirectResponse { accepted: true },
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+    // One warm-up round opens the connections; then measure.
+    let deliver = async |round: usize| -> Result<(), String> {
+        let mut tasks = Vec::new();
+        for peer in &peers {
+            let (sender, peer) = (sender.clone(), *peer);
+            let mut envelope = vec![0u8; size];
+            envelope[..8].copy_from_slice(&(round as u64).to_be_bytes());
+            tasks.push(tokio::spawn(async move {
+                sender
+                    .send_direct(
+                        peer,
+                        DirectRequest {
+                            group: GroupId([2; 32]),
+                            envelope,
+                        },
+                    )
+                    .await
+            }));
+        }
+        for task in tasks {
+            task.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    deliver(0).await?;
+    let before = sender.traffic().await.map_err(|e| e.to_string())?.sent;
+    for round in 1..=messages {
+        deliver(round).await?;
+    }
+    let after = sender.traffic().await.map_err(|e| e.to_string())?.sent;
+    Ok((after - before) as f64 / (messages * MESSAGE) as f64)
+}
+
+struct Figures {
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    delivery: f64,
+    sender_upload: f64,
+    total_upload_per_recipient: f64,
+    memory_per_node_mib: f64,
+    cpu_per_delivery_us: f64,
+    catch_up_s: f64,
+    unicast_sender_upload: f64,
+    idle_cores: f64,
+}
+
+async fn run(options: &Options) -> Result<Figures, String> {
+    let (n, g) = (options.nodes, options.group);
+    let rss_before = rss();
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|_| tempfile::tempdir().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let mut nodes = Vec::with_capacity(n);
+    for dir in &dirs {
+        nodes.push(start(dir.path()).await?);
+    }
+    let started = Instant::now();
+    eprintln!("{n} nodes started");
+    let err = |e: dspring_node::NodeError| e.to_string();
+    for m in 1..g {
+        nodes[0]
+            .add_contact(nodes[m].contact().await.map_err(err)?, "member")
+            .await
+            .map_err(err)?;
+        nodes[m]
+            .add_contact(nodes[0].contact().await.map_err(err)?, "creator")
+            .await
+            .map_err(err)?;
+    }
+    let ids: Vec<_> = nodes[1..g].iter().map(Node::id).collect();
+    let group = nodes[0].create_group(&ids).await.map_err(err)?;
+    for node in &nodes[..g] {
+        wait_for("every member joins", async || {
+            node.groups().await.is_ok_and(|gs| gs.contains(&group))
+        })
+        .await?;
+    }
+    eprintln!(
+        "a group of {g} formed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let arrivals: Arrivals = Arc::default();
+    for (index, node) in nodes[..g].iter().enumerate() {
+        follow(node, index, arrivals.clone());
+    }
+    // Warm-up: every member writes once, then the mesh and the ring connections settle (the
+    // members' first connection round is at their second maintenance tick, 10 s in).
+    let members: Vec<usize> = (0..g).collect();
+    let warm_up = 0..g;
+    send_steadily(&nodes, &members, group, warm_up.clone(), options.rate).await?;
+    wait_for("warm-up messages arrive", async || {
+        delivered(&arrivals, warm_up.clone()) == g * (g - 1)
+    })
+    .await?;
+    let settle = Duration::from_secs(12).saturating_sub(started.elapsed());
+    tokio::time::sleep(settle + Duration::from_secs(2)).await;
+    eprintln!("warmed up");
+
+    // What the nodes cost when nobody writes (timers, heartbeats, periodic sync).
+    let idle_cpu_before = cpu();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_cores = (cpu() - idle_cpu_before) / IDLE_WINDOW.as_secs_f64();
+
+    // Upload: one sender.
+    let count = ((options.rate * options.seconds) as usize).max(10);
+    let one = g..g + count;
+    let before = upload(&nodes).await?;
+    send_steadily(&nodes, &[1], group, one.clone(), options.rate).await?;
+    let deadline = Instant::now() + DRAIN;
+    while delivered(&arrivals, one.clone()) < count * (g - 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = upload(&nodes).await?;
+    let sent_bytes = (count * MESSAGE) as f64;
+    let sender_upload = (after[1] - before[1]) as f64 / sent_bytes;
+    let total: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let total_upload_per_recipient = total as f64 / (sent_bytes * (g - 1) as f64);
+    eprintln!("upload measured");
+
+    // Latency, delivery and CPU: every member writes in turn.
+    let many = g + count..g + 2 * count;
+    let cpu_before = cpu();
+    let sent = send_steadily(&nodes, &members, group, many.clone(), options.rate).await?;
+    let deadline = Instant::now() + DRAIN;
+    while delivered(&arrivals, many.clone()) < count * (g - 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cpu_used = cpu() - cpu_before;
+    let got = delivered(&arrivals, many.clone());
+    let mut latencies: Vec<f64> = Vec::with_capacity(got);
+    if let Ok(arrivals) = arrivals.lock() {
+        for number in many.clone() {
+            let (sender, at) = sent[&number];
+            for (member, when) in arrivals.get(&number).into_iter().flatten() {
+                if *member != sender {
+                    latencies.push(when.duration_since(at).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let memory_per_node_mib = rss().saturating_sub(rss_before) as f64 / n as f64 / 1048576.0;
+    eprintln!("latency measured");
+
+    // Catch-up: two nodes outside the big group; one leaves, the other writes, it returns.
+    let (a, d) = (g, g + 1);
+    nodes[a]
+        .add_contact(nodes[d].contact().await.map_err(err)?, "d")
+        .await
+        .map_err(err)?;
+    nodes[d]
+        .add_contact(nodes[a].contact().await.map_err(err)?, "a")
+        .await
+        .map_err(err)?;
+    let pair = nodes[a].create_group(&[nodes[d].id()]).await.map_err(err)?;
+    wait_for("the returning member joins", async || {
+        nodes[d].groups().await.is_ok_and(|gs| gs.contains(&pair))
+    })
+    .await?;
+    nodes[d].stop().await.map_err(err)?;
+    let writing = Instant::now();
+    for number in 0..options.catch_up {
+        nodes[a].send(pair, &body(number)).await.map_err(err)?;
+    }
+    eprintln!(
+        "{} messages written in {:.1} s while the member was away",
+        options.catch_up,
+        writing.elapsed().as_secs_f64()
+    );
+    let returning = Instant::now();
+    nodes[d] = start(dirs[d].path()).await?;
+    let mut events = Box::pin(nodes[d].events(0));
+    let mut caught = 0;
+    let deadline = tokio::time::Instant::now() + SETUP_LIMIT;
+    while caught < options.catch_up {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(stored)) => {
+                if matches!(stored.event, Event::Message { .. }) && stored.group == pair {
+                    caught += 1;
+                }
+            }
+            _ => return Err(format!("catch-up stalled at {caught} messages")),
+        }
+    }
+    let catch_up_s = returning.elapsed().as_secs_f64();
+    for node in &nodes {
+        let _ = node.stop().await;
+    }
+    let unicast_sender_upload = unicast(g, count.min(50)).await?;
+    Ok(Figures {
+        p50_ms: percentile(&latencies, 50.0),
+        p90_ms: percentile(&latencies, 90.0),
+        p99_ms: percentile(&latencies, 99.0),
+        delivery: got as f64 / (count * (g - 1)) as f64,
+        sender_upload,
+        total_upload_per_recipient,
+        memory_per_node_mib,
+        cpu_per_delivery_us: cpu_used / got.max(1) as f64 * 1e6,
+        catch_up_s,
+        unicast_sender_upload,
+        idle_cores,
+    })
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let figures = match runtime.block_on(run(&options)) {
+        Ok(figures) => figures,
+        Err(message) => {
+            eprintln!("benchmark failed: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let count = ((options.rate * options.seconds) as usize).max(10);
+    println!(
+        "Network benchmark: {} nodes on loopback in one process, a group of {}, {} B messages, \
+         {} messages at {}/s from one sender (upload) and from every member in turn (latency)",
+        options.nodes, options.group, MESSAGE, count, options.rate
+    );
+    println!();
+    println!("| figure | dspring | target | lean gossipsub (anchor) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| delivery latency p50 | {:.1} ms | ≤ 15 ms | 12 ms |",
+        figures.p50_ms
+    );
+    println!("| delivery latency p90 | {:.1} ms | | |", figures.p90_ms);
+    println!(
+        "| delivery latency p99 | {:.1} ms | ≤ 50 ms | 37 ms |",
+        figures.p99_ms
+    );
+    println!(
+        "| delivery ratio (live members, {} s drain) | {:.2} % | 100 % | |",
+        DRAIN.as_secs(),
+        figures.delivery * 100.0
+    );
+    println!(
+        "| sender upload per message | {:.1} × | ≤ 8 × | 6.8 × |",
+        figures.sender_upload
+    );
+    println!(
+        "| naive unicast sender upload (measured, same transport) | {:.1} × | | |",
+        figures.unicast_sender_upload
+    );
+    println!(
+        "| total upload per recipient | {:.2} × | | |",
+        figures.total_upload_per_recipient
+    );
+    println!(
+        "| memory per node (process RSS growth / nodes) | {:.2} MiB | ≤ 2 MiB | 0.8 MiB |",
+        figures.memory_per_node_mib
+    );
+    println!(
+        "| CPU per delivery (whole process) | {:.0} µs | | |",
+        figures.cpu_per_delivery_us
+    );
+    println!(
+        "| CPU of all nodes while nobody writes | {:.2} cores | | |",
+        figures.idle_cores
+    );
+    println!(
+        "| catch-up of {} missed messages | {:.2} s | < 5 s | |",
+        options.catch_up, figures.catch_up_s
+    );
+    ExitCode::SUCCESS
+}
