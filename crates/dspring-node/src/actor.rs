@@ -250,8 +250,22 @@ impl Actor {
         mut net_events: mpsc::Receiver<NetEvent>,
         mut internal: mpsc::Receiver<Internal>,
     ) {
-        let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
-        let mut welcome_retry = tokio::time::interval(WELCOME_RETRY_INTERVAL);
+        // Each node starts its rounds at a random point of the interval: nodes started
+        // together (a machine booting, a test, a benchmark) would otherwise all sync,
+        // checkpoint and dial at the same moment, and stall each other.
+        let offset = |rng: &mut ChaCha20Rng, period: Duration| {
+            let millis = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+            tokio::time::Instant::now()
+                + Duration::from_millis(rand_core::Rng::next_u64(rng) % millis)
+        };
+        let mut maintenance = tokio::time::interval_at(
+            offset(&mut self.rng, MAINTENANCE_INTERVAL),
+            MAINTENANCE_INTERVAL,
+        );
+        let mut welcome_retry = tokio::time::interval_at(
+            offset(&mut self.rng, WELCOME_RETRY_INTERVAL),
+            WELCOME_RETRY_INTERVAL,
+        );
         loop {
             tokio::select! {
                 request = requests.recv() => match request {
@@ -839,7 +853,13 @@ impl Actor {
                 source,
                 envelope,
             } => {
-                let verdict = self.gossip_verdict(group, envelope).await;
+                let judged = self.judge(group, envelope);
+                // The core has checked it: forward it now, commit after (forwarding is not
+                // delivery, and the next hop need not wait for this node's disk).
+                let verdict = match &judged {
+                    Ok(_) => Verdict::Accept,
+                    Err(verdict) => *verdict,
+                };
                 let _ = self
                     .net
                     .send(Command::Validate {
@@ -848,10 +868,18 @@ impl Actor {
                         verdict,
                     })
                     .await;
+                if let Ok(staged) = judged
+                    && let Err(error) = self.commit(&staged).await
+                {
+                    tracing::warn!(%error, "committing a gossip envelope");
+                }
             }
             NetEvent::Direct { id, peer, request } => {
                 let accepted = if self.groups.contains_key(&request.group) {
-                    self.gossip_verdict(request.group, request.envelope).await == Verdict::Accept
+                    match self.judge(request.group, request.envelope) {
+                        Ok(staged) => self.commit(&staged).await.is_ok(),
+                        Err(_) => false,
+                    }
                 } else {
                     self.join(request.group, request.envelope, peer).await
                 };
@@ -1045,30 +1073,25 @@ impl Actor {
     /// member knows: anyone else could fill
     /// the delivery buffer with junk. A newcomer's first envelopes arrive by sync instead, once
     /// its add is known.
-    async fn gossip_verdict(&mut self, group: GroupId, envelope: Vec<u8>) -> Verdict {
+    fn judge(&mut self, group: GroupId, envelope: Vec<u8>) -> Result<Staged, Verdict> {
         let Some(state) = self.groups.get(&group) else {
             if self.serves(&group) {
-                return self.mailbox_keep(group, &envelope);
+                return Err(self.mailbox_keep(group, &envelope));
             }
-            return Verdict::Ignore;
+            return Err(Verdict::Ignore);
         };
         let sender = match Unverified::<Envelope>::parse(envelope.clone()) {
             Ok(parsed) => parsed.sender(),
-            Err(_) => return Verdict::Reject,
+            Err(_) => return Err(Verdict::Reject),
         };
         if !state.knows_sender(sender) {
             // Not forwarded and not buffered, but not penalised either: it may be a member
             // whose add has not reached us yet, relayed by an honest peer.
-            return Verdict::Ignore;
+            return Err(Verdict::Ignore);
         }
-        match state.receive(&self.device, envelope, &mut self.rng) {
-            Ok(staged) => match self.commit(&staged).await {
-                Ok(()) => Verdict::Accept,
-                // Our storage failed: say nothing about the message.
-                Err(_) => Verdict::Ignore,
-            },
-            Err(error) => verdict_of(&error),
-        }
+        state
+            .receive(&self.device, envelope, &mut self.rng)
+            .map_err(|error| verdict_of(&error))
     }
 
     /// Takes a sync page through the core, each envelope on the state the previous one left,
