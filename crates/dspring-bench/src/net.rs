@@ -5,7 +5,7 @@
 //! and the catch-up time of a member returning after missing many messages; beside it, naive
 //! unicast (the sender sends to each member) measured on the same transport.
 //!
-//! Usage: `dspring-netbench [--nodes 100] [--group 64] [--rate 50] [--seconds 10]
+//! Usage: `dspring-netbench [--nodes 100] [--group 64] [--rate 10] [--seconds 10]
 //! [--catch-up 10000] [--quick]`. Linux only (CPU and memory come from `/proc/self`).
 
 // Node and member indices come from ranges bounded by the checked options (nodes ≥ group + 2,
@@ -49,7 +49,7 @@ fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         nodes: 100,
         group: 64,
-        rate: 50.0,
+        rate: 10.0,
         seconds: 10.0,
         catch_up: 10_000,
     };

@@ -1,12 +1,12 @@
 //! Digital Spring networking on rust-libp2p: TCP and QUIC with Noise and Yamux, identify,
 //! Kademlia under our own protocol name, mDNS, relay, DCUtR and AutoNAT, one gossipsub topic per
-//! group, and two request-response protocols: direct delivery and sync.
+//! group, and three request-response protocols: direct delivery, sync and mailbox.
 //!
 //! The network knows bytes, peers and topics, never keys or group semantics: the node validates
 //! every envelope and tells the network to accept or reject it. One task owns the swarm; the node
 //! talks to it through a bounded command channel and reads a bounded event channel.
 //!
-//! Status: the first part of issue #4 (see `docs/NETWORK.md`).
+//! Status: issue #4 (see `docs/NETWORK.md`).
 
 mod address_book;
 mod behaviour;

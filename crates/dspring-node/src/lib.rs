@@ -44,10 +44,10 @@
 //! # }
 //! ```
 //!
-//! Status: the first part of issue #4. Built: start/stop on a data directory, contact cards,
-//! groups (create, add, remove, update, send), gossip in, direct welcomes, catch-up by sync with
-//! every member that connects, events from a cursor. Not yet built: mailboxes, DHT prekey
-//! records, periodic sync, group names (see `docs/NETWORK.md`).
+//! Status (issue #4): start/stop on a data directory, contact cards, groups (create, add,
+//! remove, update, send), gossip, direct welcomes, catch-up by sync, mailboxes (serving with
+//! [`NodeConfig::mailbox`], using with [`Node::use_mailbox`]), busy groups kept connected,
+//! events from a cursor. Not built: DHT prekey records, group names (see `docs/NETWORK.md`).
 
 mod actor;
 mod card;

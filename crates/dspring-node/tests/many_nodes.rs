@@ -3,7 +3,7 @@
 //! with every message of its groups, each exactly once.
 //!
 //! `DSPRING_MANY_NODES` (default 50) and `DSPRING_GROUP_SIZE` (default 32) change the sizes.
-//! Not built yet: partitions and churn (see docs/NETWORK.md).
+//! Partitions and churn: `tests/partition.rs` and `tests/churn.rs`.
 
 // Test code: a failed expectation is a test failure.
 #![allow(
