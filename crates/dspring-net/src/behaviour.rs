@@ -86,11 +86,11 @@ impl Behaviour {
             std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ]);
         gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            kad::store::MemoryStore::new(peer_id),
-            kad::Config::new(KAD_PROTOCOL),
-        );
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        // Records from peers are stored only after the node's check (see `Config`).
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Answer DHT queries even before AutoNAT confirms reachability: on loopback and LANs
         // it never would, and the routing tables would stay empty.
         kad.set_mode(Some(kad::Mode::Server));

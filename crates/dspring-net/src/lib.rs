@@ -17,5 +17,5 @@ pub mod wire;
 
 pub use network::{
     Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND, Network,
-    NetworkError, Traffic, Verdict, spawn,
+    NetworkError, RecordCheck, Traffic, Verdict, spawn,
 };

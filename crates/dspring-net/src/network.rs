@@ -42,6 +42,22 @@ pub struct Config {
     pub mdns: bool,
     /// Act as a relay for peers behind NAT.
     pub relay_server: bool,
+    /// Which DHT records this node stores for others: a record is kept only if this says yes
+    /// (none are without it). The network does not know what records mean.
+    pub record_check: Option<RecordCheck>,
+}
+
+/// Whether to store a DHT record: called with its key and value.
+pub type RecordPredicate = dyn Fn(&[u8], &[u8]) -> bool + Send + Sync;
+
+/// Decides whether a DHT record (key, value) received from a peer is stored.
+#[derive(Clone)]
+pub struct RecordCheck(pub std::sync::Arc<RecordPredicate>);
+
+impl std::fmt::Debug for RecordCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordCheck")
+    }
 }
 
 impl Default for Config {
@@ -51,6 +67,7 @@ impl Default for Config {
             bootstrap: Vec::new(),
             mdns: true,
             relay_server: false,
+            record_check: None,
         }
     }
 }
@@ -124,6 +141,24 @@ pub enum Command {
     Unblock(PeerId),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
     Traffic(oneshot::Sender<Traffic>),
+    /// Publish a record in the DHT (and keep it here) until `lifetime` has passed.
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lifetime: Duration,
+        done: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    /// Find a record in the DHT: the first value found.
+    GetRecord {
+        key: Vec<u8>,
+        done: oneshot::Sender<Result<Vec<u8>, NetworkError>>,
+    },
+}
+
+/// DHT record queries in flight.
+enum RecordQuery {
+    Put(oneshot::Sender<Result<(), NetworkError>>),
+    Get(oneshot::Sender<Result<Vec<u8>, NetworkError>>),
 }
 
 /// Bytes carried by this node's connections since it started (application streams, before
@@ -181,6 +216,8 @@ pub enum NetworkError {
     Publish(String),
     #[error("request failed: {0}")]
     Request(String),
+    #[error("DHT: {0}")]
+    Dht(String),
     #[error("the network task has stopped")]
     Stopped,
 }
@@ -258,6 +295,25 @@ impl Network {
         .await?
     }
 
+    pub async fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lifetime: Duration,
+    ) -> Result<(), NetworkError> {
+        self.ask(|done| Command::PutRecord {
+            key,
+            value,
+            lifetime,
+            done,
+        })
+        .await?
+    }
+
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<u8>, NetworkError> {
+        self.ask(|done| Command::GetRecord { key, done }).await?
+    }
+
     pub async fn traffic(&self) -> Result<Traffic, NetworkError> {
         self.ask(Command::Traffic).await
     }
@@ -277,6 +333,7 @@ pub fn spawn(
         mdns: config.mdns,
         relay_server: config.relay_server,
     };
+    let record_check = config.record_check.clone();
     let mut registry = libp2p::metrics::Registry::default();
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -320,6 +377,8 @@ pub fn spawn(
         mailbox: Exchange::new(),
         lookups: std::collections::HashSet::new(),
         registry,
+        record_check,
+        record_queries: HashMap::new(),
     };
     tokio::spawn(task.run());
     Ok((
@@ -345,6 +404,8 @@ struct Task {
     lookups: std::collections::HashSet<PeerId>,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
+    record_check: Option<RecordCheck>,
+    record_queries: HashMap<kad::QueryId, RecordQuery>,
 }
 
 /// The requests of one request-response protocol in flight, both ways.
@@ -532,6 +593,31 @@ impl Task {
             Command::Unblock(peer) => {
                 behaviour.blocked.unblock_peer(peer);
             }
+            Command::PutRecord {
+                key,
+                value,
+                lifetime,
+                done,
+            } => {
+                let record = kad::Record {
+                    key: kad::RecordKey::new(&key),
+                    value,
+                    publisher: None,
+                    expires: Some(std::time::Instant::now() + lifetime),
+                };
+                match behaviour.kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.record_queries.insert(id, RecordQuery::Put(done));
+                    }
+                    Err(error) => {
+                        let _ = done.send(Err(NetworkError::Dht(error.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, done } => {
+                let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
+                self.record_queries.insert(id, RecordQuery::Get(done));
+            }
             Command::Traffic(done) => {
                 let _ = done.send(traffic(&self.registry));
             }
@@ -621,6 +707,65 @@ impl Task {
                     let behaviour = self.swarm.behaviour_mut();
                     behaviour.addresses.add(peer, address.clone());
                     behaviour.kad.add_address(&peer, address);
+                }
+                None
+            }
+            BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        record: Some(record),
+                        ..
+                    },
+            }) => {
+                let keep = self
+                    .record_check
+                    .as_ref()
+                    .is_some_and(|check| (check.0)(record.key.as_ref(), &record.value));
+                if keep {
+                    use kad::store::RecordStore;
+                    if let Err(error) = self.swarm.behaviour_mut().kad.store_mut().put(record) {
+                        tracing::debug!(%error, "storing a DHT record");
+                    }
+                }
+                None
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::PutRecord(result),
+                ..
+            }) => {
+                if let Some(RecordQuery::Put(done)) = self.record_queries.remove(&id) {
+                    let _ = done.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| NetworkError::Dht(e.to_string())),
+                    );
+                }
+                None
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetRecord(result),
+                step,
+                ..
+            }) => {
+                match result {
+                    Ok(kad::GetRecordOk::FoundRecord(found)) => {
+                        if let Some(RecordQuery::Get(done)) = self.record_queries.remove(&id) {
+                            let _ = done.send(Ok(found.record.value));
+                        }
+                        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            query.finish();
+                        }
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) | Err(_)
+                        if step.last =>
+                    {
+                        if let Some(RecordQuery::Get(done)) = self.record_queries.remove(&id) {
+                            let _ = done.send(Err(NetworkError::Dht("record not found".into())));
+                        }
+                    }
+                    _ => {}
                 }
                 None
             }

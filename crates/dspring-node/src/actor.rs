@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::card::MailboxRef;
 use crate::content::{self, Content};
+use crate::record::RECORD_LIFETIME;
 use crate::{
     COMMAND_QUEUE, ContactCard, INITIAL_ONE_TIME_PREKEYS, LIVE_EVENTS, MailboxConfig, Node,
     NodeConfig, NodeError, Request,
@@ -42,6 +43,9 @@ const MIN_GROUP_PEERS: usize = 4;
 /// A group with nothing sent or received for this long is idle: no connections are made for
 /// it (they close after the network's idle timeout).
 const BUSY_GROUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// How often this node's DHT record is published again (it lives [`RECORD_LIFETIME`]).
+const RECORD_REFRESH: Duration = Duration::from_secs(3600);
 
 /// Sync positions remembered (group and peer pairs); beyond this, syncs start from the
 /// beginning of the peer's log, which is slower but still right.
@@ -73,6 +77,8 @@ enum Internal {
         peer: PeerId,
         response: MailboxResponse,
     },
+    /// This node's DHT record was stored by the network.
+    RecordPublished,
     /// A welcome for `member` is held by its mailbox.
     Deposited {
         member: MemberId,
@@ -106,6 +112,8 @@ struct Actor {
     /// Per group and peer, the end of the peer's log at the last completed sync: the next
     /// periodic sync starts there rather than going through the whole log again.
     synced: HashMap<(GroupId, PeerId), u64>,
+    /// When this node's DHT record was last stored by the network.
+    record_published: Option<tokio::time::Instant>,
     /// When each group last had an envelope, for keeping busy groups connected.
     last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// Dropped with the actor, which ends every event stream.
@@ -136,6 +144,9 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         dspring_net::Config {
             listen: config.listen.clone(),
             mdns: config.mdns,
+            record_check: Some(dspring_net::RecordCheck(std::sync::Arc::new(
+                |key, value| crate::record::check(key, value, now_ms()).is_some(),
+            ))),
             ..dspring_net::Config::default()
         },
     )?;
@@ -212,6 +223,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         deposited: HashSet::new(),
         last_activity: HashMap::new(),
         synced: HashMap::new(),
+        record_published: None,
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -288,6 +300,12 @@ impl Actor {
                 Some(message) = internal.recv() => self.internal(message).await,
                 _ = maintenance.tick() => {
                     let _ = self.store.checkpoint();
+                    if self
+                        .record_published
+                        .is_none_or(|at| at.elapsed() > RECORD_REFRESH)
+                    {
+                        self.publish_record();
+                    }
                     self.pump_outbox().await;
                     if self.mailbox.is_some() {
                         match self.store.mailbox_expire(now_ms()) {
@@ -408,6 +426,19 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            Request::Lookup(member, reply) => {
+                let net = self.net.clone();
+                tokio::spawn(async move {
+                    let key = crate::record::key(&member);
+                    let result = match net.get_record(key.clone()).await {
+                        Ok(value) => crate::record::check(&key, &value, now_ms())
+                            .filter(|card| card.member == member)
+                            .ok_or(NodeError::NotFound(member)),
+                        Err(_) => Err(NodeError::NotFound(member)),
+                    };
+                    let _ = reply.send(result);
+                });
+            }
             Request::Traffic(reply) => {
                 let _ = reply.send(self.net.traffic().await.map_err(Into::into));
             }
@@ -435,6 +466,39 @@ impl Actor {
                 })
                 .collect(),
         })
+    }
+
+    /// Publishes this node's signed record (prekey, addresses, mailboxes) in the DHT, in the
+    /// background; retried at the next round until the network stored it.
+    fn publish_record(&self) {
+        let mailboxes: Vec<MailboxRef> = self
+            .own_mailboxes
+            .keys()
+            .map(|member| MailboxRef {
+                member: *member,
+                addresses: self.addresses_of(member),
+            })
+            .collect();
+        let expires =
+            now_ms().saturating_add(u64::try_from(RECORD_LIFETIME.as_millis()).unwrap_or(u64::MAX));
+        let Some(value) = crate::record::make(
+            &self.device,
+            self.addresses.iter().map(ToString::to_string).collect(),
+            mailboxes,
+            expires,
+        ) else {
+            return;
+        };
+        let key = crate::record::key(&self.device.id());
+        let (net, internal) = (self.net.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            match net.put_record(key, value, RECORD_LIFETIME).await {
+                Ok(()) => {
+                    let _ = internal.send(Internal::RecordPublished).await;
+                }
+                Err(error) => tracing::debug!(%error, "publishing the DHT record"),
+            }
+        });
     }
 
     fn addresses_of(&self, member: &MemberId) -> Vec<String> {
@@ -475,6 +539,9 @@ impl Actor {
         }
         self.store.add_own_mailbox(&mailbox)?;
         self.own_mailboxes.entry(mailbox).or_insert(0);
+        // The DHT record names this node's mailboxes: publish it again.
+        self.record_published = None;
+        self.publish_record();
         let active: Vec<GroupId> = self
             .groups
             .iter()
@@ -1298,6 +1365,9 @@ impl Actor {
                     }
                 }
                 self.own_mailboxes.insert(mailbox, cursor);
+            }
+            Internal::RecordPublished => {
+                self.record_published = Some(tokio::time::Instant::now());
             }
             Internal::Deposited {
                 member,

@@ -47,11 +47,13 @@
 //! Status (issue #4): start/stop on a data directory, contact cards, groups (create, add,
 //! remove, update, send), gossip, direct welcomes, catch-up by sync, mailboxes (serving with
 //! [`NodeConfig::mailbox`], using with [`Node::use_mailbox`]), busy groups kept connected,
-//! events from a cursor. Not built: DHT prekey records, group names (see `docs/NETWORK.md`).
+//! members added by id from their signed DHT records ([`Node::lookup`]), events from a cursor.
+//! Not built: group names (see `docs/NETWORK.md`).
 
 mod actor;
 mod card;
 mod content;
+pub mod record;
 
 use std::path::PathBuf;
 
@@ -136,6 +138,8 @@ pub enum NodeError {
     Randomness,
     #[error("the node has stopped")]
     Stopped,
+    #[error("no valid record of {0} in the DHT")]
+    NotFound(MemberId),
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -155,6 +159,7 @@ pub(crate) enum Request {
     UseMailbox(ContactCard, Reply<()>),
     Block(MemberId, bool, Reply<()>),
     Traffic(Reply<dspring_net::Traffic>),
+    Lookup(MemberId, Reply<ContactCard>),
     MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
 }
@@ -224,8 +229,22 @@ impl Node {
             .await
     }
 
+    /// Adds `member` to `group`: from its contact card if it is a contact, else from its
+    /// record in the DHT (which then makes it a contact).
     pub async fn add(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
-        self.ask(|r| Request::Add(group, member, r)).await
+        match self.ask(|r| Request::Add(group, member, r)).await {
+            Err(NodeError::UnknownContact(_)) => {
+                let card = self.lookup(member).await?;
+                self.add_contact(card, "").await?;
+                self.ask(|r| Request::Add(group, member, r)).await
+            }
+            other => other,
+        }
+    }
+
+    /// A member's card from its signed record in the DHT (without a one-time prekey).
+    pub async fn lookup(&self, member: MemberId) -> Result<ContactCard, NodeError> {
+        self.ask(|r| Request::Lookup(member, r)).await
     }
 
     pub async fn remove(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
