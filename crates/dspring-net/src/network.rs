@@ -650,6 +650,27 @@ impl Task {
         }
     }
 
+    /// A peer whose request or response broke its protocol's bounds or framing (our codec
+    /// says `InvalidData`) is disconnected: it is faulty or hostile, and every stream it
+    /// opens costs us.
+    fn drop_if_misbehaved<Req, Resp>(&mut self, event: &request_response::Event<Req, Resp>) {
+        let peer = match event {
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(error),
+                ..
+            }
+            | request_response::Event::OutboundFailure {
+                peer,
+                error: request_response::OutboundFailure::Io(error),
+                ..
+            } if error.kind() == std::io::ErrorKind::InvalidData => *peer,
+            _ => return,
+        };
+        tracing::debug!(%peer, "dropping a peer that broke a protocol bound");
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
     fn behaviour_event(&mut self, event: BehaviourEvent) -> Option<Event> {
         match event {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -681,18 +702,24 @@ impl Task {
                     group: *group,
                 })
             }
-            BehaviourEvent::Direct(event) => self
-                .direct
-                .on_event(event, &mut self.next_inbound)
-                .map(|(id, peer, request)| Event::Direct { id, peer, request }),
-            BehaviourEvent::Sync(event) => self
-                .sync
-                .on_event(event, &mut self.next_inbound)
-                .map(|(id, peer, request)| Event::SyncRequested { id, peer, request }),
-            BehaviourEvent::Mailbox(event) => self
-                .mailbox
-                .on_event(event, &mut self.next_inbound)
-                .map(|(id, peer, request)| Event::MailboxRequested { id, peer, request }),
+            BehaviourEvent::Direct(event) => {
+                self.drop_if_misbehaved(&event);
+                self.direct
+                    .on_event(event, &mut self.next_inbound)
+                    .map(|(id, peer, request)| Event::Direct { id, peer, request })
+            }
+            BehaviourEvent::Sync(event) => {
+                self.drop_if_misbehaved(&event);
+                self.sync
+                    .on_event(event, &mut self.next_inbound)
+                    .map(|(id, peer, request)| Event::SyncRequested { id, peer, request })
+            }
+            BehaviourEvent::Mailbox(event) => {
+                self.drop_if_misbehaved(&event);
+                self.mailbox
+                    .on_event(event, &mut self.next_inbound)
+                    .map(|(id, peer, request)| Event::MailboxRequested { id, peer, request })
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // What a peer says it listens on goes into the DHT routing table.
                 for address in info.listen_addrs.into_iter().take(MAX_PEER_ADDRESSES) {
