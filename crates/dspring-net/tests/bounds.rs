@@ -18,7 +18,7 @@ use dspring_net::wire::{
     Codec, Framed, MAX_SYNC_PAGE, MAX_SYNC_REQUEST, MAX_SYNC_RESPONSE, SYNC_PROTOCOL, SyncRequest,
     SyncResponse,
 };
-use dspring_net::{Command, Config, Event, identity, spawn};
+use dspring_net::{Command, Config, identity, spawn};
 use dspring_proto::{Device, GroupId};
 use futures::StreamExt;
 use libp2p::request_response::{self, ProtocolSupport};
