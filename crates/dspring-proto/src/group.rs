@@ -22,8 +22,14 @@ use crate::ids::{GroupId, MemberId, OpId, ShortId};
 use crate::message_ratchet::SenderChains;
 use crate::secret::Secret;
 
-/// Version of the serialized group state; bumped on any change of its layout.
+/// Version of the serialized group state (whole, [`Group::to_bytes`]); bumped on any change
+/// of its layout.
 pub const STATE_FORMAT_VERSION: u16 = 1;
+
+/// Version of the stored state's base part ([`Group::base_bytes`]): everything but the
+/// per-sender chains. Distinct from [`STATE_FORMAT_VERSION`] so that a reader can tell the
+/// two apart by their first bytes.
+pub const BASE_FORMAT_VERSION: u16 = 2;
 
 /// A device: its identity key and prekeys, lent to group operations that need them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,6 +127,9 @@ pub struct Outgoing {
 #[derive(Debug)]
 pub struct Staged {
     pub group: Group,
+    /// Which parts of the state this step changed, for a store that keeps them apart
+    /// ([`Group::base_bytes`], [`Group::chain_bytes`]).
+    pub changes: StateChanges,
     pub outbox: Vec<Outgoing>,
     pub events: Vec<Event>,
     /// One-time prekeys of this device used by this step: delete them with the commit.
@@ -131,6 +140,51 @@ pub struct Staged {
     /// left out, except of a message this member cannot read (with no key it cannot tell):
     /// deduplicate by content.
     pub delivered: Vec<Vec<u8>>,
+}
+
+/// The parts of a group's state a step changed. A message changes one sender's chains and
+/// nothing else, so a store that keeps the parts apart writes a few hundred bytes per message
+/// instead of the whole state (tens of KiB in a large group).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChanges {
+    /// Every part may have changed (a new state): write the base and every chain, and drop
+    /// stored chains the state no longer has.
+    pub all: bool,
+    /// The base part changed.
+    pub base: bool,
+    /// Senders whose chains changed (or went: write those the state has, drop the others).
+    pub chains: BTreeSet<MemberId>,
+}
+
+impl StateChanges {
+    /// Everything: the safe answer when the previous state is not known.
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            base: true,
+            chains: BTreeSet::new(),
+        }
+    }
+
+    /// Nothing changed.
+    pub fn none() -> Self {
+        Self {
+            all: false,
+            base: false,
+            chains: BTreeSet::new(),
+        }
+    }
+
+    /// The changes of two steps, one after the other.
+    pub fn merge(&mut self, later: &StateChanges) {
+        self.all |= later.all;
+        self.base |= later.base;
+        self.chains.extend(later.chains.iter().copied());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.base && self.chains.is_empty()
+    }
 }
 
 /// Misuse of the API: the caller asked for something the group cannot do.
@@ -205,6 +259,40 @@ pub struct Group {
     active: Option<Box<Active>>,
 }
 
+/// The base part as [`Group::base_bytes`] writes it; field order and types match
+/// [`BaseOwned`], which reads it.
+#[derive(Serialize)]
+struct BaseRef<'a> {
+    id: &'a GroupId,
+    me: &'a MemberId,
+    active: Option<ActiveBaseRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct ActiveBaseRef<'a> {
+    dcgka: &'a Arc<Dcgka>,
+    signing_key: &'a SigningKey,
+    verifying_keys: &'a Arc<KeyHistory>,
+    clock: &'a Arc<BTreeMap<MemberId, u64>>,
+    buffer: &'a Arc<DeliveryBuffer>,
+}
+
+#[derive(Deserialize)]
+struct BaseOwned {
+    id: GroupId,
+    me: MemberId,
+    active: Option<ActiveBaseOwned>,
+}
+
+#[derive(Deserialize)]
+struct ActiveBaseOwned {
+    dcgka: Arc<Dcgka>,
+    signing_key: SigningKey,
+    verifying_keys: Arc<KeyHistory>,
+    clock: Arc<BTreeMap<MemberId, u64>>,
+    buffer: Arc<DeliveryBuffer>,
+}
+
 impl Group {
     pub fn id(&self) -> GroupId {
         self.id
@@ -264,6 +352,118 @@ impl Group {
             return Err(DecodeError::UnsupportedVersion(version.min(255) as u8));
         }
         postcard::from_bytes(rest).map_err(|_| DecodeError::Invalid("group state"))
+    }
+
+    /// The stored state's base part: everything but the per-sender chains, with its format
+    /// version. Together with every [`Group::chain_bytes`] it is the whole state.
+    pub fn base_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        let base = BaseRef {
+            id: &self.id,
+            me: &self.me,
+            active: self.active.as_deref().map(|a| ActiveBaseRef {
+                dcgka: &a.dcgka,
+                signing_key: &a.signing_key,
+                verifying_keys: &a.verifying_keys,
+                clock: &a.clock,
+                buffer: &a.buffer,
+            }),
+        };
+        let mut out = BASE_FORMAT_VERSION.to_be_bytes().to_vec();
+        out.extend(postcard::to_allocvec(&base)?);
+        Ok(out)
+    }
+
+    /// The senders whose chains this state holds.
+    pub fn chain_senders(&self) -> Vec<MemberId> {
+        self.active
+            .as_ref()
+            .map(|a| a.chains.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// One sender's chains, serialized; `None` if the state holds none for it.
+    pub fn chain_bytes(&self, sender: &MemberId) -> Option<Result<Vec<u8>, postcard::Error>> {
+        let chains = self.active.as_ref()?.chains.get(sender)?;
+        Some(postcard::to_allocvec(chains.as_ref()))
+    }
+
+    /// The state from its base part and its chains (as [`Group::base_bytes`] and
+    /// [`Group::chain_bytes`] made them).
+    pub fn from_parts<B: AsRef<[u8]>>(
+        base: &[u8],
+        chains: impl IntoIterator<Item = (MemberId, B)>,
+    ) -> Result<Self, DecodeError> {
+        let (version, rest) = base
+            .split_first_chunk::<2>()
+            .ok_or(DecodeError::UnexpectedEnd("state version"))?;
+        let version = u16::from_be_bytes(*version);
+        if version != BASE_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version.min(255) as u8));
+        }
+        let base: BaseOwned =
+            postcard::from_bytes(rest).map_err(|_| DecodeError::Invalid("group state"))?;
+        let mut parsed = BTreeMap::new();
+        for (sender, bytes) in chains {
+            let chain: SenderChains = postcard::from_bytes(bytes.as_ref())
+                .map_err(|_| DecodeError::Invalid("sender chains"))?;
+            parsed.insert(sender, Arc::new(chain));
+        }
+        let active = match base.active {
+            Some(a) => Some(Box::new(Active {
+                dcgka: a.dcgka,
+                signing_key: a.signing_key,
+                verifying_keys: a.verifying_keys,
+                clock: a.clock,
+                chains: parsed,
+                buffer: a.buffer,
+            })),
+            // A removed member keeps nothing secret: there are no chains to restore.
+            None if parsed.is_empty() => None,
+            None => return Err(DecodeError::Invalid("chains of an inactive group")),
+        };
+        Ok(Group {
+            id: base.id,
+            me: base.me,
+            active,
+        })
+    }
+
+    /// What changed from `before` (the state this one was derived from) to this one. Parts
+    /// are behind `Arc`s that an operation copies before changing (`Arc::make_mut` on a
+    /// shared pointer), so an unchanged part is the same allocation.
+    fn changes_from(&self, before: &Group) -> StateChanges {
+        let (Some(now), Some(then)) = (self.active.as_deref(), before.active.as_deref()) else {
+            return if self.active.is_none() && before.active.is_none() {
+                StateChanges::none()
+            } else {
+                StateChanges::all()
+            };
+        };
+        // The signing key is set when the state starts and never changes.
+        let base = !Arc::ptr_eq(&now.dcgka, &then.dcgka)
+            || !Arc::ptr_eq(&now.verifying_keys, &then.verifying_keys)
+            || !Arc::ptr_eq(&now.clock, &then.clock)
+            || !Arc::ptr_eq(&now.buffer, &then.buffer);
+        let mut chains: BTreeSet<MemberId> = now
+            .chains
+            .iter()
+            .filter(|(sender, chain)| {
+                then.chains
+                    .get(sender)
+                    .is_none_or(|old| !Arc::ptr_eq(chain, old))
+            })
+            .map(|(sender, _)| *sender)
+            .collect();
+        chains.extend(
+            then.chains
+                .keys()
+                .filter(|sender| !now.chains.contains_key(sender)),
+        );
+        StateChanges {
+            all: false,
+            base,
+            chains,
+        }
     }
 
     /// A member's state at its start (create or join).
@@ -406,6 +606,7 @@ impl Group {
             rng,
         )?;
         staged.events.push(event);
+        staged.changes = group.changes_from(self);
         staged.group = group;
         Ok(staged)
     }
@@ -437,6 +638,7 @@ impl Group {
             index,
             plaintext: plaintext.to_vec(),
         });
+        staged.changes = group.changes_from(self);
         staged.group = group;
         Ok(staged)
     }
@@ -583,6 +785,7 @@ impl Group {
         let mut prekeys = Cow::Borrowed(&device.prekeys);
         match group.readiness(&unverified) {
             Readiness::Duplicate => {
+                staged.changes = StateChanges::none();
                 staged.group = group;
                 return Ok(staged);
             }
@@ -598,6 +801,7 @@ impl Group {
             }
         }
         group.drain(&mut prekeys, &mut staged, rng);
+        staged.changes = group.changes_from(self);
         staged.group = group;
         Ok(staged)
     }
@@ -1081,6 +1285,7 @@ impl Staged {
     fn empty(group: Group) -> Self {
         Self {
             group,
+            changes: StateChanges::all(),
             outbox: Vec::new(),
             events: Vec::new(),
             consumed_prekeys: Vec::new(),

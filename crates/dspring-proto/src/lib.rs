@@ -54,6 +54,6 @@ pub mod secret;
 pub mod two_party;
 
 pub use buffer::{MAX_BUFFERED_BYTES, MAX_BUFFERED_ENVELOPES};
-pub use group::{Device, Event, Group, GroupError, Outgoing, ReceiveError, Staged};
+pub use group::{Device, Event, Group, GroupError, Outgoing, ReceiveError, Staged, StateChanges};
 pub use ids::{GroupId, MemberId, OpId};
 pub use secret::Secret;

@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dspring_proto::{Device, Event, Group, GroupId, MemberId, ReceiveError, Staged};
 use rand_chacha::ChaCha20Rng;
@@ -20,6 +20,46 @@ struct Member {
     group: Option<Group>,
     messages: Vec<(MemberId, Vec<u8>)>,
     removed: bool,
+    /// The state as a store keeps it: a base and one part per sender, written only where a
+    /// step says it changed. Every member goes on from the state read back from these.
+    stored: Parts,
+}
+
+#[derive(Default)]
+struct Parts {
+    base: Vec<u8>,
+    chains: BTreeMap<MemberId, Vec<u8>>,
+}
+
+impl Parts {
+    /// Writes what `staged` changed, then reads the state back; it must be the staged state.
+    fn write(&mut self, staged: &Staged) -> Group {
+        let (group, changes) = (&staged.group, &staged.changes);
+        if changes.all {
+            self.chains.clear();
+        }
+        if changes.all || changes.base {
+            self.base = group.base_bytes().unwrap();
+        }
+        let senders: Vec<MemberId> = if changes.all {
+            group.chain_senders()
+        } else {
+            changes.chains.iter().copied().collect()
+        };
+        for sender in senders {
+            match group.chain_bytes(&sender) {
+                Some(bytes) => self.chains.insert(sender, bytes.unwrap()),
+                None => self.chains.remove(&sender),
+            };
+        }
+        let restored = Group::from_parts(&self.base, self.chains.clone()).unwrap();
+        assert_eq!(
+            restored.to_bytes().unwrap(),
+            group.to_bytes().unwrap(),
+            "a change the step did not report: {changes:?}"
+        );
+        restored
+    }
 }
 
 struct World {
@@ -38,6 +78,7 @@ impl World {
                 group: None,
                 messages: Vec::new(),
                 removed: false,
+                stored: Parts::default(),
             })
             .collect();
         let mut world = World {
@@ -98,7 +139,7 @@ impl World {
                 _ => {}
             }
         }
-        m.group = Some(staged.group).filter(Group::is_active);
+        m.group = Some(m.stored.write(&staged)).filter(Group::is_active);
         staged.outbox.into_iter().map(|o| o.bytes).collect()
     }
 
@@ -506,6 +547,33 @@ fn state_round_trips_through_bytes() {
     wrong_version[1] ^= 0xff;
     assert!(Group::from_bytes(&wrong_version).is_err());
     assert!(Group::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+}
+
+/// A message changes one sender's chains and nothing else: all a store writes for it.
+#[test]
+fn a_message_changes_only_its_senders_chains() {
+    let (mut w, _) = World::new(3, 3);
+    let staged = w.group(0).send(b"hello").unwrap();
+    assert!(!staged.changes.all && !staged.changes.base);
+    assert_eq!(staged.changes.chains, BTreeSet::from([w.id(0)]));
+    let out = w.commit(0, staged);
+    let group = w.group(1).clone();
+    let staged = group
+        .receive(&w.members[1].device, out[0].clone(), &mut w.rng)
+        .unwrap();
+    assert!(!staged.changes.all && !staged.changes.base);
+    assert_eq!(staged.changes.chains, BTreeSet::from([w.id(0)]));
+    w.commit(1, staged);
+    // A replay touches at most its sender's chains.
+    let group = w.group(1).clone();
+    let staged = group
+        .receive(&w.members[1].device, out[0].clone(), &mut w.rng)
+        .unwrap();
+    assert!(!staged.changes.all && !staged.changes.base);
+    // A key update changes the base.
+    let group = w.group(2).clone();
+    let staged = group.update(&mut w.rng).unwrap();
+    assert!(staged.changes.base);
 }
 
 /// Spec §12.7: once a member's removal is processed, its messages are no longer read, even

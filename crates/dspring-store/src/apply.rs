@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 
 use dspring_proto::envelope::{Envelope, Position, Unverified};
-use dspring_proto::{Event, GroupId, MemberId, Staged};
+use dspring_proto::{Event, Group, GroupId, MemberId, Staged, StateChanges};
 use rusqlite::{OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::at_rest::StoreKey;
 use crate::error::StoreError;
 use crate::{Store, now_ms, to_sql_int};
 
@@ -88,9 +89,14 @@ impl Store {
         batch: &[&Staged],
         first_welcomes: &[MemberId],
     ) -> Result<Vec<Committed>, StoreError> {
-        let mut last_state: HashMap<GroupId, usize> = HashMap::new();
+        // Each group's last state in the batch, and what the batch changed of it.
+        let mut last_state: HashMap<GroupId, (usize, StateChanges)> = HashMap::new();
         for (i, staged) in batch.iter().enumerate() {
-            last_state.insert(staged.group.id(), i);
+            let entry = last_state
+                .entry(staged.group.id())
+                .or_insert_with(|| (i, StateChanges::none()));
+            entry.0 = i;
+            entry.1.merge(&staged.changes);
         }
         let now = to_sql_int(now_ms())?;
         let must_sync = !first_welcomes.is_empty()
@@ -109,37 +115,18 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut refs: HashMap<GroupId, i64> = HashMap::new();
-        for (i, staged) in batch.iter().enumerate() {
-            let group = staged.group.id();
-            if last_state.get(&group) == Some(&i) {
-                let state = Zeroizing::new(staged.group.to_bytes().map_err(|e| {
-                    StoreError::invalid(format!("group state does not serialize: {e}"))
-                })?);
-                let sealed = self
-                    .key
-                    .seal(&group_place(&group), &state)
-                    .map_err(|e| StoreError::invalid(e.to_string()))?;
-                let id: i64 = tx
-                    .prepare_cached(
-                        "INSERT INTO groups (group_id, format_version, active, sealed_state)
-                         VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(group_id) DO UPDATE SET
-                            format_version = excluded.format_version,
-                            active = excluded.active,
-                            sealed_state = excluded.sealed_state
-                         RETURNING id",
-                    )?
-                    .query_row(
-                        params![
-                            group.as_bytes(),
-                            dspring_proto::group::STATE_FORMAT_VERSION,
-                            staged.group.is_active(),
-                            sealed
-                        ],
-                        |r| r.get(0),
-                    )?;
-                refs.insert(group, id);
-            }
+        for (group, (last, changes)) in &last_state {
+            let staged = batch
+                .get(*last)
+                .ok_or_else(|| StoreError::invalid("batch index"))?;
+            let group_ref = write_state(
+                &tx,
+                &self.key,
+                &staged.group,
+                changes,
+                self.group_refs.get(group).copied(),
+            )?;
+            refs.insert(*group, group_ref);
         }
         let mut results = Vec::with_capacity(batch.len());
         for staged in batch {
@@ -196,6 +183,86 @@ impl Store {
         self.group_refs.extend(refs);
         Ok(results)
     }
+}
+
+/// Writes what `changes` says changed of `state`: the base (with the row's flags) and the
+/// chains of the senders named. A group not stored yet is written whole. Returns its row.
+pub(crate) fn write_state(
+    tx: &Transaction<'_>,
+    key: &StoreKey,
+    state: &Group,
+    changes: &StateChanges,
+    stored: Option<i64>,
+) -> Result<i64, StoreError> {
+    let group = state.id();
+    let all = changes.all || stored.is_none();
+    let group_ref = match stored {
+        Some(group_ref) if !all && !changes.base => group_ref,
+        _ => {
+            let base = Zeroizing::new(state.base_bytes().map_err(|e| {
+                StoreError::invalid(format!("group state does not serialize: {e}"))
+            })?);
+            let sealed = key
+                .seal(&group_place(&group), &base)
+                .map_err(|e| StoreError::invalid(e.to_string()))?;
+            tx.prepare_cached(
+                "INSERT INTO groups (group_id, format_version, active, sealed_state)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(group_id) DO UPDATE SET
+                    format_version = excluded.format_version,
+                    active = excluded.active,
+                    sealed_state = excluded.sealed_state
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    group.as_bytes(),
+                    dspring_proto::group::BASE_FORMAT_VERSION,
+                    state.is_active(),
+                    sealed
+                ],
+                |r| r.get(0),
+            )?
+        }
+    };
+    let senders: Vec<MemberId> = if all {
+        tx.prepare_cached("DELETE FROM group_chains WHERE group_ref = ?1")?
+            .execute([group_ref])?;
+        state.chain_senders()
+    } else {
+        changes.chains.iter().copied().collect()
+    };
+    for sender in senders {
+        match state.chain_bytes(&sender) {
+            Some(bytes) => {
+                let bytes = Zeroizing::new(bytes.map_err(|e| {
+                    StoreError::invalid(format!("sender chains do not serialize: {e}"))
+                })?);
+                let sealed = key
+                    .seal(&chain_place(&group, &sender), &bytes)
+                    .map_err(|e| StoreError::invalid(e.to_string()))?;
+                tx.prepare_cached(
+                    "INSERT INTO group_chains (group_ref, sender, sealed) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(group_ref, sender) DO UPDATE SET sealed = excluded.sealed",
+                )?
+                .execute(params![group_ref, sender.0, sealed])?;
+            }
+            None => {
+                tx.prepare_cached("DELETE FROM group_chains WHERE group_ref = ?1 AND sender = ?2")?
+                    .execute(params![group_ref, sender.0])?;
+            }
+        }
+    }
+    Ok(group_ref)
+}
+
+/// The associated data of a sealed sender-chains row: the group and the sender, so that a
+/// row moved to another place does not open.
+pub(crate) fn chain_place(group: &GroupId, sender: &MemberId) -> Vec<u8> {
+    let mut place = b"chains/".to_vec();
+    place.extend_from_slice(group.as_bytes());
+    place.extend_from_slice(&sender.0);
+    place
 }
 
 /// An envelope's position as stored: control seq, or application epoch and index.

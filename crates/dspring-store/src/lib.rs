@@ -52,7 +52,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use dspring_proto::GroupId;
+use dspring_proto::{GroupId, StateChanges};
 use rusqlite::{Connection, OptionalExtension, limits::Limit};
 
 pub use apply::Committed;
@@ -162,6 +162,7 @@ impl Store {
             syncing: true,
         };
         store.load_group_refs()?;
+        store.rewrite_whole_states()?;
         Ok(store)
     }
 
@@ -176,6 +177,51 @@ impl Store {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Rewrites in parts the group states stored whole (format 1, before schema 4), in one
+    /// transaction: a state must never be half in one format, half in the other.
+    fn rewrite_whole_states(&mut self) -> Result<(), OpenError> {
+        let whole: Vec<GroupId> = {
+            let mut statement = self
+                .conn
+                .prepare("SELECT id, group_id FROM groups WHERE format_version = ?1")?;
+            let rows = statement.query_map([dspring_proto::group::STATE_FORMAT_VERSION], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut ids = Vec::new();
+            for row in rows {
+                let (id, group) = row?;
+                ids.push(group_id_from(&group, "groups", id)?);
+            }
+            ids
+        };
+        if whole.is_empty() {
+            return Ok(());
+        }
+        let mut states = Vec::with_capacity(whole.len());
+        for id in &whole {
+            match self.group(id) {
+                Ok(Some(state)) => states.push(state),
+                Ok(None) => {}
+                Err(StoreError::Corrupt(c)) => return Err(c.into()),
+                Err(StoreError::Sqlite(e)) => return Err(e.into()),
+                Err(e) => return Err(Corrupt::new("groups", hex(id.as_bytes()), e).into()),
+            }
+        }
+        let tx = self.conn.transaction()?;
+        for state in &states {
+            let stored = self.group_refs.get(&state.id()).copied();
+            apply::write_state(&tx, &self.key, state, &StateChanges::all(), stored).map_err(
+                |e| match e {
+                    StoreError::Corrupt(c) => OpenError::Corrupt(c),
+                    StoreError::Sqlite(e) => OpenError::Sqlite(e),
+                    e => OpenError::Corrupt(Corrupt::new("groups", hex(state.id().as_bytes()), e)),
+                },
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -220,9 +266,21 @@ fn lock(path: &Path) -> Result<fs::File, OpenError> {
     }
 }
 
+/// Prepared statements kept compiled: the hot paths (apply, sync, outbox, events) use about
+/// 30 distinct statements; the default 16 would evict and re-parse them in turn.
+const STATEMENT_CACHE: usize = 64;
+
 fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Without the query planner stability guarantee, SQLite re-compiles a statement whenever
+    // a new value is bound to a parameter that could change its plan (a `LIMIT ?`): cached
+    // statements would be parsed again on every use. Our plans do not depend on the values.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // WAL; FULL until a commit says otherwise (see `Store::apply`): durable when it returns.
     conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
     conn.execute_batch(&format!(
@@ -330,6 +388,78 @@ pub(crate) fn to_sql_int(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::invalid("value exceeds 2^63"))
 }
 
-pub(crate) fn from_sql_int(value: i64, table: &'static str, key: &str) -> Result<u64, Corrupt> {
-    u64::try_from(value).map_err(|_| Corrupt::new(table, key, "negative value"))
+pub(crate) fn from_sql_int(
+    value: i64,
+    table: &'static str,
+    key: impl std::fmt::Display,
+) -> Result<u64, Corrupt> {
+    u64::try_from(value).map_err(|_| Corrupt::new(table, key.to_string(), "negative value"))
+}
+
+/// Names a row in a `Corrupt` error, formatted only when there is an error: the hot reads
+/// (sync pages, outbox, events) go through thousands of rows.
+#[derive(Clone, Copy)]
+pub(crate) struct RowKey(pub &'static str, pub i64);
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use dspring_proto::{Device, Group};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    use rusqlite::params;
+
+    use super::*;
+
+    /// A store from before schema 4 holds group states whole; opening it rewrites them in
+    /// parts, and the state read back is the same.
+    #[test]
+    fn a_group_stored_whole_is_rewritten_in_parts_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let me = Device::generate(1, &mut rng);
+        let other = Device::generate(1, &mut rng);
+        let id = GroupId([4; 32]);
+        let created = Group::create(&me, id, &[other.bundle(None)], &mut rng).unwrap();
+        let sent = created.group.send(b"one").unwrap();
+        let group = sent.group.clone();
+        assert!(!group.chain_senders().is_empty());
+        let mut store = Store::open(dir.path(), None).unwrap();
+        store.apply_batch(&[&created, &sent]).unwrap();
+        // What a schema-3 store held: the whole state, format 1, and no chain rows.
+        let sealed = store
+            .key
+            .seal(&apply::group_place(&id), &group.to_bytes().unwrap())
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE groups SET format_version = ?1, sealed_state = ?2",
+                params![dspring_proto::group::STATE_FORMAT_VERSION, sealed],
+            )
+            .unwrap();
+        store.conn.execute("DELETE FROM group_chains", []).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path(), None).unwrap();
+        let version: u16 = store
+            .conn
+            .query_row("SELECT format_version FROM groups", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, dspring_proto::group::BASE_FORMAT_VERSION);
+        let chains: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM group_chains", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(chains as usize, group.chain_senders().len());
+        let read = store.group(&id).unwrap().unwrap();
+        assert_eq!(read.to_bytes().unwrap(), group.to_bytes().unwrap());
+    }
 }

@@ -6,9 +6,9 @@ use dspring_proto::ids::ShortId;
 use dspring_proto::{Event, Group, GroupId, MemberId};
 use rusqlite::{OptionalExtension, params};
 
-use crate::apply::{envelope_hash, group_place};
+use crate::apply::{chain_place, envelope_hash, group_place};
 use crate::error::{Corrupt, StoreError};
-use crate::{MAX_PAGE, Store, from_sql_int, group_id_from, hex, to_sql_int};
+use crate::{MAX_PAGE, RowKey, Store, from_sql_int, group_id_from, hex, to_sql_int};
 
 /// An event from the local event log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,12 +64,16 @@ impl Store {
 
     /// The stored state of a group, or `None` if it was never stored.
     pub fn group(&self, group: &GroupId) -> Result<Option<Group>, StoreError> {
-        let row: Option<Vec<u8>> = self
+        let row: Option<(i64, u16, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT sealed_state FROM groups WHERE group_id = ?1")?
-            .query_row([group.as_bytes()], |r| r.get(0))
+            .prepare_cached(
+                "SELECT id, format_version, sealed_state FROM groups WHERE group_id = ?1",
+            )?
+            .query_row([group.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let Some(sealed) = row else {
+        let Some((group_ref, version, sealed)) = row else {
             return Ok(None);
         };
         let key = format!("group {}", hex(group.as_bytes()));
@@ -77,7 +81,34 @@ impl Store {
             .key
             .open(&group_place(group), &sealed)
             .map_err(|e| Corrupt::new("groups", key.clone(), e))?;
-        let group = Group::from_bytes(&state).map_err(|e| Corrupt::new("groups", key, e))?;
+        if version == dspring_proto::group::STATE_FORMAT_VERSION {
+            // Written whole, before schema 4 (the store rewrites these in parts on opening).
+            let group = Group::from_bytes(&state).map_err(|e| Corrupt::new("groups", key, e))?;
+            return Ok(Some(group));
+        }
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT sender, sealed FROM group_chains WHERE group_ref = ?1")?;
+        let rows = statement.query_map([group_ref], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut chains = Vec::new();
+        for row in rows {
+            let (sender, sealed) = row?;
+            let chain_key = format!("{key} sender {}", hex(&sender));
+            let sender = <[u8; 32]>::try_from(sender.as_slice())
+                .map(MemberId)
+                .map_err(|_| {
+                    Corrupt::new("group_chains", chain_key.clone(), "sender is not 32 bytes")
+                })?;
+            let bytes = self
+                .key
+                .open(&chain_place(group, &sender), &sealed)
+                .map_err(|e| Corrupt::new("group_chains", chain_key, e))?;
+            chains.push((sender, bytes));
+        }
+        let group =
+            Group::from_parts(&state, chains).map_err(|e| Corrupt::new("groups", key, e))?;
         Ok(Some(group))
     }
 
@@ -157,7 +188,7 @@ impl Store {
         for row in rows {
             let (id, bytes) = row?;
             out.push(LogEntry {
-                id: from_sql_int(id, table, &format!("row {id}"))?,
+                id: from_sql_int(id, table, RowKey("row", id))?,
                 bytes,
             });
         }
@@ -274,13 +305,13 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (cursor, group, at_ms, body) = row?;
-            let key = format!("cursor {cursor}");
-            let event: Event =
-                postcard::from_bytes(&body).map_err(|e| Corrupt::new("events", key.clone(), e))?;
+            let key = RowKey("cursor", cursor);
+            let event: Event = postcard::from_bytes(&body)
+                .map_err(|e| Corrupt::new("events", key.to_string(), e))?;
             out.push(StoredEvent {
-                cursor: from_sql_int(cursor, "events", &key)?,
+                cursor: from_sql_int(cursor, "events", key)?,
                 group: group_id_from(&group, "events", cursor)?,
-                at_ms: from_sql_int(at_ms, "events", &key)?,
+                at_ms: from_sql_int(at_ms, "events", key)?,
                 event,
             });
         }
@@ -306,18 +337,18 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (id, group, bytes, welcome_for) = row?;
-            let key = format!("row {id}");
+            let key = RowKey("row", id);
             let welcome_for = welcome_for
                 .map(|m| {
                     <[u8; 32]>::try_from(m.as_slice())
                         .map(MemberId)
                         .map_err(|_| {
-                            Corrupt::new("outbox", key.clone(), "member id is not 32 bytes")
+                            Corrupt::new("outbox", key.to_string(), "member id is not 32 bytes")
                         })
                 })
                 .transpose()?;
             out.push(OutboxEntry {
-                id: from_sql_int(id, "outbox", &key)?,
+                id: from_sql_int(id, "outbox", key)?,
                 group: group_id_from(&group, "outbox", id)?,
                 bytes,
                 welcome_for,
@@ -421,13 +452,13 @@ pub(crate) fn lacking(
     let mut position = after;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
-        let key = format!("row {id}");
+        let key = RowKey("row", id);
         let sender: Option<Vec<u8>> = row.get(1)?;
         let sender = sender
             .map(|s| {
                 <[u8; 8]>::try_from(s.as_slice())
                     .map(ShortId)
-                    .map_err(|_| Corrupt::new(table, key.clone(), "sender is not 8 bytes"))
+                    .map_err(|_| Corrupt::new(table, key.to_string(), "sender is not 8 bytes"))
             })
             .transpose()?;
         let control: Option<i64> = row.get(2)?;
@@ -436,15 +467,15 @@ pub(crate) fn lacking(
         let lacked = match (sender.and_then(|s| marks.get(&s)), control, epoch, index) {
             // A sender the peer has nothing of, or a row stored without positions.
             (None, ..) => true,
-            (Some((held, _)), Some(seq), _, _) => from_sql_int(seq, table, &key)? > *held,
+            (Some((held, _)), Some(seq), _, _) => from_sql_int(seq, table, key)? > *held,
             (Some((_, held)), None, Some(epoch), Some(index)) => {
                 let at = (
-                    from_sql_int(epoch, table, &key)?,
-                    from_sql_int(index, table, &key)?,
+                    from_sql_int(epoch, table, key)?,
+                    from_sql_int(index, table, key)?,
                 );
                 held.is_none_or(|held| at > held)
             }
-            _ => return Err(Corrupt::new(table, key, "no position").into()),
+            _ => return Err(Corrupt::new(table, key.to_string(), "no position").into()),
         };
         if lacked {
             let envelope: Vec<u8> = row.get(5)?;
@@ -454,7 +485,7 @@ pub(crate) fn lacking(
             bytes += envelope.len();
             out.push(envelope);
         }
-        position = from_sql_int(id, table, &key)?;
+        position = from_sql_int(id, table, key)?;
     }
     Ok((out, None))
 }

@@ -159,6 +159,18 @@ const MIGRATIONS: &[&str] = &[
         member BLOB PRIMARY KEY
     ) WITHOUT ROWID;
     "#,
+    // 4: a group's state in parts: `groups.sealed_state` holds the base (format 2) and this
+    // table one sealed row per sender's chains, so that a message rewrites one small row
+    // instead of the whole state. Rows still in the whole format (1) are rewritten in parts
+    // when the store is next opened (`Store::open`), which needs the key.
+    r#"
+    CREATE TABLE group_chains (
+        group_ref INTEGER NOT NULL REFERENCES groups(id),
+        sender BLOB NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (group_ref, sender)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,7 @@
 )]
 
 use dspring_proto::ids::ShortId;
-use dspring_proto::{Device, Event, Group, GroupId, MemberId, Staged};
+use dspring_proto::{Device, Event, Group, GroupId, MemberId, Staged, StateChanges};
 use dspring_store::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN, Store};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -107,6 +107,7 @@ proptest! {
         let (_me, group) = solo_group(seed);
         let staged = Staged {
             group,
+            changes: StateChanges::all(),
             outbox: Vec::new(),
             events: events.clone(),
             consumed_prekeys: Vec::new(),
@@ -168,6 +169,7 @@ proptest! {
                 let step = &steps[i.index(steps.len())];
                 Staged {
                     group: group.clone(),
+                    changes: StateChanges::none(),
                     outbox: Vec::new(),
                     events: Vec::new(),
                     consumed_prekeys: Vec::new(),
