@@ -193,10 +193,10 @@ fn delivered(arrivals: &Arrivals, numbers: std::ops::Range<usize>) -> usize {
     })
 }
 
-async fn upload(nodes: &[Node]) -> Result<Vec<u64>, String> {
+async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::Traffic>, String> {
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
-        out.push(node.traffic().await.map_err(|e| e.to_string())?.sent);
+        out.push(node.traffic().await.map_err(|e| e.to_string())?);
     }
     Ok(out)
 }
@@ -347,6 +347,7 @@ struct Figures {
     p99_ms: f64,
     delivery: f64,
     sender_upload: f64,
+    sender_sync_upload: f64,
     total_upload_per_recipient: f64,
     memory_per_node_mib: f64,
     cpu_per_delivery_us: f64,
@@ -425,8 +426,13 @@ async fn run(options: &Options) -> Result<Figures, String> {
     }
     let after = upload(&nodes).await?;
     let sent_bytes = (count * MESSAGE) as f64;
-    let sender_upload = (after[1] - before[1]) as f64 / sent_bytes;
-    let total: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let sender_upload = (after[1].sent - before[1].sent) as f64 / sent_bytes;
+    let sender_sync_upload = (after[1].sync_sent - before[1].sync_sent) as f64 / sent_bytes;
+    let total: u64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.sent - b.sent)
+        .sum();
     let total_upload_per_recipient = total as f64 / (sent_bytes * (g - 1) as f64);
     eprintln!("upload measured");
 
@@ -512,6 +518,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
         p99_ms: percentile(&latencies, 99.0),
         delivery: got as f64 / (count * (g - 1)) as f64,
         sender_upload,
+        sender_sync_upload,
         total_upload_per_recipient,
         memory_per_node_mib,
         cpu_per_delivery_us: cpu_used / got.max(1) as f64 * 1e6,
@@ -574,6 +581,10 @@ fn main() -> ExitCode {
     println!(
         "| sender upload per message | {:.1} × | ≤ 8 × | 6.8 × |",
         figures.sender_upload
+    );
+    println!(
+        "| of which envelopes in the sender's sync answers | {:.1} × | | |",
+        figures.sender_sync_upload
     );
     println!(
         "| naive unicast sender upload (measured, same transport) | {:.1} × | | |",

@@ -167,6 +167,9 @@ enum RecordQuery {
 pub struct Traffic {
     pub sent: u64,
     pub received: u64,
+    /// Of `sent`: envelopes in this node's answers to sync requests (their bytes, without
+    /// the page's framing). The rest is mostly gossip.
+    pub sync_sent: u64,
 }
 
 #[derive(Debug)]
@@ -377,6 +380,7 @@ pub fn spawn(
         mailbox: Exchange::new(),
         lookups: std::collections::HashSet::new(),
         registry,
+        sync_sent: 0,
         record_check,
         record_queries: HashMap::new(),
     };
@@ -404,6 +408,8 @@ struct Task {
     lookups: std::collections::HashSet<PeerId>,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
+    /// Envelope bytes sent in sync answers (see [`Traffic::sync_sent`]).
+    sync_sent: u64,
     record_check: Option<RecordCheck>,
     record_queries: HashMap<kad::QueryId, RecordQuery>,
 }
@@ -571,6 +577,8 @@ impl Task {
             }
             Command::AnswerSync { id, response } => {
                 if let Some(channel) = self.sync.inbound.remove(&id) {
+                    let bytes: usize = response.envelopes.iter().map(Vec::len).sum();
+                    self.sync_sent = self.sync_sent.saturating_add(bytes as u64);
                     let _ = behaviour.sync.send_response(channel, response);
                 }
             }
@@ -619,7 +627,10 @@ impl Task {
                 self.record_queries.insert(id, RecordQuery::Get(done));
             }
             Command::Traffic(done) => {
-                let _ = done.send(traffic(&self.registry));
+                let _ = done.send(Traffic {
+                    sync_sent: self.sync_sent,
+                    ..traffic(&self.registry)
+                });
             }
             Command::ListenAddresses(done) => {
                 let _ = done.send(self.swarm.listeners().cloned().collect());
