@@ -381,7 +381,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
             .map_err(err)?;
     }
     let ids: Vec<_> = nodes[1..g].iter().map(Node::id).collect();
-    let group = nodes[0].create_group(&ids).await.map_err(err)?;
+    let group = nodes[0].create_group("test", &ids).await.map_err(err)?;
     for node in &nodes[..g] {
         wait_for("every member joins", async || {
             node.groups().await.is_ok_and(|gs| gs.contains(&group))
@@ -477,7 +477,10 @@ async fn run(options: &Options) -> Result<Figures, String> {
         .add_contact(nodes[a].contact().await.map_err(err)?, "a")
         .await
         .map_err(err)?;
-    let pair = nodes[a].create_group(&[nodes[d].id()]).await.map_err(err)?;
+    let pair = nodes[a]
+        .create_group("test", &[nodes[d].id()])
+        .await
+        .map_err(err)?;
     wait_for("the returning member joins", async || {
         nodes[d].groups().await.is_ok_and(|gs| gs.contains(&pair))
     })

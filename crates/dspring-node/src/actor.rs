@@ -10,7 +10,9 @@ use dspring_net::wire::{
 use dspring_net::{Command, Event as NetEvent, InboundId, Network, Verdict};
 use dspring_proto::envelope::{Envelope, Unverified};
 use dspring_proto::{Device, Group, GroupId, MemberId, ReceiveError, Staged};
-use dspring_store::{Contact, MAX_PAGE, Store, StoredEvent};
+use dspring_store::{
+    Contact, GroupName, MAX_GROUP_NAME_BYTES, MAX_PAGE, Metadata, Store, StoredEvent,
+};
 use libp2p::{Multiaddr, PeerId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -107,6 +109,8 @@ struct Actor {
     own_mailboxes: HashMap<MemberId, u64>,
     /// Mailboxes announced in each group.
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
+    /// Each named group's current name.
+    group_names: HashMap<GroupId, GroupName>,
     /// Welcomes already deposited at a mailbox this run: (member, group, mailbox).
     deposited: HashSet<(MemberId, GroupId, MemberId)>,
     /// Per group and peer, the end of the peer's log at the last completed sync: the next
@@ -118,6 +122,16 @@ struct Actor {
     last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
+}
+
+/// A group name the node accepts: at most [`MAX_GROUP_NAME_BYTES`] (empty is no name).
+fn check_name(name: &str) -> Result<(), NodeError> {
+    if name.len() > MAX_GROUP_NAME_BYTES {
+        return Err(NodeError::NameTooLong {
+            max: MAX_GROUP_NAME_BYTES,
+        });
+    }
+    Ok(())
 }
 
 fn random_seed() -> Result<[u8; 32], NodeError> {
@@ -170,6 +184,11 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     for (group, mailbox) in store.group_mailboxes()? {
         group_mailboxes.entry(group).or_default().insert(mailbox);
     }
+    let group_names: HashMap<GroupId, GroupName> = store
+        .group_names()?
+        .into_iter()
+        .map(|n| (n.group, n))
+        .collect();
     // Wait for the listeners so that the first contact card carries addresses (before any
     // dial, so that no connection event is consumed here).
     let mut addresses = Vec::new();
@@ -220,6 +239,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         mailbox_bytes: HashMap::new(),
         own_mailboxes,
         group_mailboxes,
+        group_names,
         deposited: HashSet::new(),
         last_activity: HashMap::new(),
         synced: HashMap::new(),
@@ -349,8 +369,26 @@ impl Actor {
             Request::AddContact(card, name, reply) => {
                 let _ = reply.send(self.add_contact(card, name).await);
             }
-            Request::CreateGroup(members, reply) => {
-                let _ = reply.send(self.create_group(&members).await);
+            Request::CreateGroup(name, members, reply) => {
+                let _ = reply.send(self.create_group(&name, &members).await);
+            }
+            Request::Rename(group, name, reply) => {
+                let result = match check_name(&name) {
+                    Ok(()) => {
+                        let body = content::group_name(&name, now_ms());
+                        self.local(group, |g, _, _| Ok(g.send(&body)?)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            Request::GroupName(group, reply) => {
+                let result = if self.groups.contains_key(&group) {
+                    Ok(self.group_names.get(&group).map(|n| n.name.clone()))
+                } else {
+                    Err(NodeError::UnknownGroup)
+                };
+                let _ = reply.send(result);
             }
             Request::Send(group, plaintext, reply) => {
                 let body = content::text(&plaintext);
@@ -385,6 +423,14 @@ impl Actor {
                 };
                 if result.is_ok() {
                     self.deposit_welcomes(member);
+                    // Messages from before its add are not readable by the newcomer: tell
+                    // the group's name again.
+                    if let Some(named) = self.group_names.get(&group) {
+                        let body = content::group_name(&named.name, named.set_ms);
+                        if let Err(error) = self.local(group, |g, _, _| Ok(g.send(&body)?)).await {
+                            tracing::debug!(%error, "telling a newcomer the group's name");
+                        }
+                    }
                 }
                 let _ = reply.send(result);
             }
@@ -730,7 +776,12 @@ impl Actor {
         Ok(())
     }
 
-    async fn create_group(&mut self, members: &[MemberId]) -> Result<GroupId, NodeError> {
+    async fn create_group(
+        &mut self,
+        name: &str,
+        members: &[MemberId],
+    ) -> Result<GroupId, NodeError> {
+        check_name(name)?;
         let mut bundles = Vec::with_capacity(members.len());
         for member in members {
             match self.store.contact(member)? {
@@ -743,9 +794,17 @@ impl Actor {
         }
         let id = GroupId(random_seed()?);
         let staged = Group::create(&self.device, id, &bundles, &mut self.rng)?;
+        // The name is the group's first message, committed with the create.
+        let named = if name.is_empty() {
+            None
+        } else {
+            Some(staged.group.send(&content::group_name(name, now_ms()))?)
+        };
+        let mut steps = vec![&staged];
+        steps.extend(named.as_ref());
         // The initial members do not follow the topic yet: the create is their welcome, kept
         // until each has taken it.
-        self.commit_welcoming(&staged, members).await?;
+        self.commit_all(&steps, members).await?;
         self.net.send(Command::Subscribe(id)).await?;
         for member in members {
             self.offer_welcomes(*member);
@@ -793,22 +852,61 @@ impl Actor {
         staged: &Staged,
         welcome: &[MemberId],
     ) -> Result<(), NodeError> {
-        let committed = self.store.apply_welcoming(staged, welcome)?;
-        self.committed(staged, &committed).await;
+        self.commit_all(&[staged], welcome).await
+    }
+
+    /// Commits steps in one transaction with the group metadata their messages carry (the
+    /// first step's first envelope also a welcome for `welcome`), then tells subscribers and
+    /// hands the outbox to the network.
+    async fn commit_all(
+        &mut self,
+        steps: &[&Staged],
+        welcome: &[MemberId],
+    ) -> Result<(), NodeError> {
+        let metadata = self.metadata_of(steps);
+        let committed = self.store.apply_steps(steps, welcome, &metadata)?;
+        for (staged, committed) in steps.iter().zip(&committed) {
+            self.committed(staged, committed).await;
+        }
         self.pump_outbox().await;
         Ok(())
+    }
+
+    /// The group metadata (mailboxes, names) that the messages of `steps` carry.
+    fn metadata_of(&self, steps: &[&Staged]) -> Metadata {
+        let mut out = Metadata::default();
+        for staged in steps {
+            let group = staged.group.id();
+            for event in &staged.events {
+                let (sender, plaintext) = match event {
+                    dspring_proto::Event::Message {
+                        sender, plaintext, ..
+                    } => (*sender, plaintext),
+                    dspring_proto::Event::Sent { plaintext, .. } => (self.device.id(), plaintext),
+                    _ => continue,
+                };
+                match content::decode(plaintext) {
+                    Some(Content::Mailbox(mailbox)) => {
+                        out.group_mailboxes.push((group, mailbox.member));
+                    }
+                    Some(Content::GroupName { name, set_ms }) => out.group_names.push(GroupName {
+                        group,
+                        name,
+                        set_ms,
+                        set_by: sender,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 
     /// Commits consecutive steps of one group in one transaction (a sync page: one commit
     /// instead of one per envelope), then tells subscribers and hands the outbox over.
     async fn commit_steps(&mut self, steps: &[Staged]) -> Result<(), NodeError> {
         let refs: Vec<&Staged> = steps.iter().collect();
-        let committed = self.store.apply_batch(&refs)?;
-        for (staged, committed) in steps.iter().zip(&committed) {
-            self.committed(staged, committed).await;
-        }
-        self.pump_outbox().await;
-        Ok(())
+        self.commit_all(&refs, &[]).await
     }
 
     /// What follows a committed step: the new state in memory, announcements, live events.
@@ -819,13 +917,31 @@ impl Actor {
         self.groups.insert(id, staged.group.clone());
         let now = now_ms();
         for event in &staged.events {
-            let (dspring_proto::Event::Message { plaintext, .. }
-            | dspring_proto::Event::Sent { plaintext, .. }) = event
-            else {
-                continue;
+            let (sender, plaintext) = match event {
+                dspring_proto::Event::Message {
+                    sender, plaintext, ..
+                } => (*sender, plaintext),
+                dspring_proto::Event::Sent { plaintext, .. } => (self.device.id(), plaintext),
+                _ => continue,
             };
-            if let Some(Content::Mailbox(mailbox)) = content::decode(plaintext) {
-                self.record_group_mailbox(id, &mailbox).await;
+            match content::decode(plaintext) {
+                Some(Content::Mailbox(mailbox)) => self.record_group_mailbox(id, &mailbox).await,
+                Some(Content::GroupName { name, set_ms }) => {
+                    let later = self
+                        .group_names
+                        .get(&id)
+                        .is_none_or(|n| (set_ms, sender) > (n.set_ms, n.set_by));
+                    if later {
+                        let named = GroupName {
+                            group: id,
+                            name,
+                            set_ms,
+                            set_by: sender,
+                        };
+                        self.group_names.insert(id, named);
+                    }
+                }
+                _ => {}
             }
         }
         for (cursor, event) in committed.cursors.iter().zip(&staged.events) {
@@ -844,20 +960,16 @@ impl Actor {
         }
     }
 
-    /// A mailbox announced in a group: its members answer its syncs and sync from it.
+    /// A mailbox announced in a group (stored with the step that carried it): its members
+    /// answer its syncs and sync from it.
     async fn record_group_mailbox(&mut self, group: GroupId, mailbox: &MailboxRef) {
         if let Err(error) = self.remember_mailbox(mailbox).await {
             tracing::warn!(%error, "remembering a mailbox");
         }
-        match self.store.add_group_mailbox(&group, &mailbox.member) {
-            Ok(()) => {
-                self.group_mailboxes
-                    .entry(group)
-                    .or_default()
-                    .insert(mailbox.member);
-            }
-            Err(error) => tracing::warn!(%error, "recording a group's mailbox"),
-        }
+        self.group_mailboxes
+            .entry(group)
+            .or_default()
+            .insert(mailbox.member);
     }
 
     /// Publishes what the outbox holds. A publish with nobody to hear it still counts as

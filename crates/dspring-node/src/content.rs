@@ -1,5 +1,5 @@
 //! What a group's application messages carry: a person's message, or group metadata that
-//! every member sees (today: a mailbox that serves the group). One leading tag byte; the rest
+//! every member sees (a mailbox that serves the group, the group's name). One leading tag byte; the rest
 //! is the body.
 
 use dspring_store::StoredEvent;
@@ -8,11 +8,33 @@ use crate::card::MailboxRef;
 
 const TEXT: u8 = 0;
 const MAILBOX: u8 = 1;
+const GROUP_NAME: u8 = 2;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Content {
     Text(Vec<u8>),
     Mailbox(MailboxRef),
+    /// The group's name, set by the sender at `set_ms` (its clock); the latest wins.
+    GroupName {
+        name: String,
+        set_ms: u64,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NameBody {
+    name: String,
+    set_ms: u64,
+}
+
+pub(crate) fn group_name(name: &str, set_ms: u64) -> Vec<u8> {
+    let mut out = vec![GROUP_NAME];
+    let body = NameBody {
+        name: name.to_string(),
+        set_ms,
+    };
+    out.extend(postcard::to_allocvec(&body).unwrap_or_default());
+    out
 }
 
 pub(crate) fn text(body: &[u8]) -> Vec<u8> {
@@ -33,6 +55,13 @@ pub(crate) fn decode(plaintext: &[u8]) -> Option<Content> {
     match plaintext.split_first()? {
         (&TEXT, body) => Some(Content::Text(body.to_vec())),
         (&MAILBOX, body) => postcard::from_bytes(body).ok().map(Content::Mailbox),
+        (&GROUP_NAME, body) => postcard::from_bytes::<NameBody>(body)
+            .ok()
+            .filter(|b| b.name.len() <= dspring_store::MAX_GROUP_NAME_BYTES)
+            .map(|b| Content::GroupName {
+                name: b.name,
+                set_ms: b.set_ms,
+            }),
         _ => None,
     }
 }
@@ -45,7 +74,7 @@ pub(crate) fn present(mut stored: StoredEvent) -> Option<StoredEvent> {
         Event::Message { plaintext, .. } | Event::Sent { plaintext, .. } => {
             match decode(plaintext)? {
                 Content::Text(body) => *plaintext = body,
-                Content::Mailbox(_) => return None,
+                Content::Mailbox(_) | Content::GroupName { .. } => return None,
             }
         }
         _ => {}
@@ -70,5 +99,14 @@ mod tests {
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&[9, 1, 2]), None);
         assert_eq!(decode(&[MAILBOX, 0xff]), None);
+        assert_eq!(
+            decode(&group_name("friends", 7)),
+            Some(Content::GroupName {
+                name: "friends".into(),
+                set_ms: 7
+            })
+        );
+        let long = "x".repeat(dspring_store::MAX_GROUP_NAME_BYTES + 1);
+        assert_eq!(decode(&group_name(&long, 7)), None);
     }
 }

@@ -23,7 +23,7 @@
 //!     // They swap contact cards (as text), then Alice creates a group with Bob.
 //!     alice.add_contact(bob.contact().await?, "Bob").await?;
 //!     bob.add_contact(alice.contact().await?, "Alice").await?;
-//!     let group = alice.create_group(&[bob.id()]).await?;
+//!     let group = alice.create_group("us", &[bob.id()]).await?;
 //!
 //!     // Bob follows his events from the start; Alice writes once Bob has joined.
 //!     let mut events = Box::pin(bob.events(0));
@@ -138,6 +138,8 @@ pub enum NodeError {
     Randomness,
     #[error("the node has stopped")]
     Stopped,
+    #[error("a group name is at most {max} bytes")]
+    NameTooLong { max: usize },
     #[error("no valid record of {0} in the DHT")]
     NotFound(MemberId),
 }
@@ -147,7 +149,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 pub(crate) enum Request {
     Contact(Reply<ContactCard>),
     AddContact(ContactCard, String, Reply<()>),
-    CreateGroup(Vec<MemberId>, Reply<GroupId>),
+    CreateGroup(String, Vec<MemberId>, Reply<GroupId>),
+    Rename(GroupId, String, Reply<()>),
+    GroupName(GroupId, Reply<Option<String>>),
     Send(GroupId, Vec<u8>, Reply<()>),
     Add(GroupId, MemberId, Reply<()>),
     Remove(GroupId, MemberId, Reply<()>),
@@ -218,10 +222,27 @@ impl Node {
             .await
     }
 
-    /// Creates a group with contacts `members` (their cards give the prekeys and addresses).
-    pub async fn create_group(&self, members: &[MemberId]) -> Result<GroupId, NodeError> {
-        self.ask(|r| Request::CreateGroup(members.to_vec(), r))
+    /// Creates a group named `name` (empty for none) with contacts `members` (their cards
+    /// give the prekeys and addresses). Every member sees the name.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[MemberId],
+    ) -> Result<GroupId, NodeError> {
+        self.ask(|r| Request::CreateGroup(name.to_string(), members.to_vec(), r))
             .await
+    }
+
+    /// Renames a group for every member. Concurrent renames converge on the one set latest
+    /// (by the setter's clock, then member id).
+    pub async fn rename(&self, group: GroupId, name: &str) -> Result<(), NodeError> {
+        self.ask(|r| Request::Rename(group, name.to_string(), r))
+            .await
+    }
+
+    /// A group's name, if it has one.
+    pub async fn group_name(&self, group: GroupId) -> Result<Option<String>, NodeError> {
+        self.ask(|r| Request::GroupName(group, r)).await
     }
 
     pub async fn send(&self, group: GroupId, plaintext: &[u8]) -> Result<(), NodeError> {

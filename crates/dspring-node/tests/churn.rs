@@ -64,7 +64,7 @@ async fn with_30_percent_of_nodes_restarting_every_message_reaches_every_member_
             .unwrap();
     }
     let ids: Vec<MemberId> = (1..size).map(|m| node(&nodes, m).id()).collect();
-    let group = node(&nodes, 0).create_group(&ids).await.unwrap();
+    let group = node(&nodes, 0).create_group("test", &ids).await.unwrap();
     for m in 0..size {
         let member = node(&nodes, m);
         wait_for("every member joins", async || {

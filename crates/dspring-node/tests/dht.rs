@@ -47,7 +47,7 @@ async fn a_member_known_only_by_id_is_added_from_its_dht_record_while_offline() 
     d.stop().await.unwrap();
     drop(d);
 
-    let group = a.create_group(&[b.id()]).await.unwrap();
+    let group = a.create_group("test", &[b.id()]).await.unwrap();
     until("B joins", async || {
         b.groups().await.unwrap().contains(&group)
     })
@@ -87,6 +87,6 @@ async fn a_member_without_a_record_is_not_found() {
         a.lookup(nobody).await,
         Err(dspring_node::NodeError::NotFound(m)) if m == nobody
     ));
-    let group = a.create_group(&[b.id()]).await.unwrap();
+    let group = a.create_group("test", &[b.id()]).await.unwrap();
     assert!(a.add(group, nobody).await.is_err());
 }

@@ -28,7 +28,7 @@ async fn junk_from_a_non_member_is_refused_and_never_buffered() {
     let a = start(dirs[0].path()).await;
     let b = start(dirs[1].path()).await;
     introduce(&[&a, &b]).await;
-    let group = a.create_group(&[b.id()]).await.unwrap();
+    let group = a.create_group("test", &[b.id()]).await.unwrap();
     until("B joins", async || {
         b.groups().await.unwrap().contains(&group)
     })

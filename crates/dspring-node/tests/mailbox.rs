@@ -49,7 +49,7 @@ async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_
     d.stop().await.unwrap();
     drop(d);
 
-    let group = a.create_group(&[b.id(), c.id()]).await.unwrap();
+    let group = a.create_group("friends", &[b.id(), c.id()]).await.unwrap();
     for node in [&b, &c] {
         until("joined", async || {
             node.groups().await.unwrap().contains(&group)
@@ -110,6 +110,11 @@ async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_
         "D reads everything sent since its add, once each",
         async || has_all(&d, group, &expected).await,
     )
+    .await;
+    // The adder told the group's name again after the add, so D knows it.
+    until("D knows the group's name", async || {
+        d.group_name(group).await.unwrap().as_deref() == Some("friends")
+    })
     .await;
     // Nothing from before its add, and the mailbox never had the group's keys.
     assert!(!texts(&d, group).await.contains(&"before D".to_string()));

@@ -64,7 +64,7 @@ async fn fifty_nodes_two_groups_of_32_every_message_once() {
                 .unwrap();
         }
         let ids: Vec<_> = members[1..].iter().map(|&m| nodes[m].id()).collect();
-        groups.push(creator.create_group(&ids).await.unwrap());
+        groups.push(creator.create_group("test", &ids).await.unwrap());
     }
     for (group, members) in groups.iter().zip(&memberships) {
         for &m in members {

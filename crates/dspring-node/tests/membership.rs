@@ -29,7 +29,7 @@ async fn a_member_added_while_offline_joins_and_catches_up_when_back() {
     d.stop().await.unwrap();
     drop(d);
 
-    let group = a.create_group(&[b.id()]).await.unwrap();
+    let group = a.create_group("test", &[b.id()]).await.unwrap();
     until("B joins", async || {
         b.groups().await.unwrap().contains(&group)
     })
@@ -73,7 +73,7 @@ async fn a_removed_member_receives_nothing_after_its_removal() {
     let b = start(dirs[1].path()).await;
     let c = start(dirs[2].path()).await;
     introduce(&[&a, &b, &c]).await;
-    let group = a.create_group(&[b.id(), c.id()]).await.unwrap();
+    let group = a.create_group("test", &[b.id(), c.id()]).await.unwrap();
     for node in [&b, &c] {
         until("joined", async || {
             node.groups().await.unwrap().contains(&group)

@@ -94,7 +94,7 @@ async fn a_partitioned_group_keeps_going_on_both_sides_and_converges_when_healed
         .await
         .unwrap();
     let ids: Vec<MemberId> = (1..size).map(|m| nodes[m].id()).collect();
-    let group = nodes[0].create_group(&ids).await.unwrap();
+    let group = nodes[0].create_group("test", &ids).await.unwrap();
     for node in &nodes[..size] {
         wait_for("every member joins", async || {
             node.groups().await.unwrap().contains(&group)

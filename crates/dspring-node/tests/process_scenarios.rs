@@ -31,6 +31,7 @@ const CHILD_DIR: &str = "DSPRING_SCENARIO_DIR";
 const CHILD_LISTEN: &str = "DSPRING_SCENARIO_LISTEN";
 const CHILD_MAILBOX: &str = "DSPRING_SCENARIO_MAILBOX";
 const TAG: &str = "@@";
+const GROUP_NAME: &str = "the group";
 
 fn main() {
     if let (Ok(dir), Ok(listen)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_LISTEN)) {
@@ -119,11 +120,22 @@ async fn command(node: &Node, line: &str) -> Result<String, String> {
             .map_err(err),
         Some("MY_CARD") => Ok(node.contact().await.map_err(err)?.to_text()),
         Some("CREATE") => {
-            let members = (1..words.len())
+            let name = String::from_utf8(unhex(words.get(1).ok_or("no name")?)?)
+                .map_err(|e| e.to_string())?;
+            let members = (2..words.len())
                 .map(member)
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(hex(&node.create_group(&members).await.map_err(err)?.0))
+            Ok(hex(&node
+                .create_group(&name, &members)
+                .await
+                .map_err(err)?
+                .0))
         }
+        Some("NAME") => Ok(node
+            .group_name(group(1)?)
+            .await
+            .map_err(err)?
+            .map_or("-".into(), |n| hex(n.as_bytes()))),
         Some("ADD") => node
             .add(group(1)?, member(2)?)
             .await
@@ -351,7 +363,8 @@ fn introduce(nodes: &mut [&mut Process]) {
 
 fn create(creator: &mut Process, members: &[MemberId]) -> GroupId {
     let ids: Vec<String> = members.iter().map(|m| hex(&m.0)).collect();
-    let group = unhex(&creator.run(&format!("CREATE {}", ids.join(" ")))).unwrap();
+    let name = hex(GROUP_NAME.as_bytes());
+    let group = unhex(&creator.run(&format!("CREATE {name} {}", ids.join(" ")))).unwrap();
     GroupId(group.try_into().unwrap())
 }
 
@@ -460,6 +473,10 @@ fn mailbox_catch_up() -> String {
     });
     until("D reads everything sent since its add, once each", || {
         d.text_set(group) == expected
+    });
+    // The adder told the group's name again after the add, so D knows it.
+    until("D knows the group's name", || {
+        d.run(&format!("NAME {}", hex(&group.0))) == hex(GROUP_NAME.as_bytes())
     });
     // Nothing from before its add, and the mailbox never had the group's keys.
     assert!(!d.texts(group).contains(&"before D".to_string()));

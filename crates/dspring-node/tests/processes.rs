@@ -80,6 +80,21 @@ async fn child(dir: &Path, listen: &str) {
                 node.send(group, text.as_bytes()).await.unwrap();
                 println!("{TAG} SENT {text}");
             }
+            (Some("HAVE"), Some(group), Some(count)) => {
+                // Waits until the messages of others reached this node, before it stops.
+                let group = GroupId(unhex(group).try_into().unwrap());
+                let count: usize = count.parse().unwrap();
+                until("the child has the others' messages", async || {
+                    let events = node.messages(group, 0, 1000).await.unwrap();
+                    let received = events
+                        .iter()
+                        .filter(|e| matches!(e.event, Event::Message { .. }))
+                        .count();
+                    received >= count
+                })
+                .await;
+                println!("{TAG} HAVE");
+            }
             _ => panic!("child: bad line {line}"),
         }
         std::io::stdout().flush().unwrap();
@@ -87,11 +102,15 @@ async fn child(dir: &Path, listen: &str) {
     node.stop().await.unwrap();
 }
 
-/// The text of a person's message as the store holds it: the node's content tag (0) first.
-fn person_text(plaintext: Vec<u8>) -> String {
+/// The text of a person's message as the store holds it: the node's content tag (0) first;
+/// `None` for group metadata (the group's name, tag 2).
+fn person_text(plaintext: Vec<u8>) -> Option<String> {
     let (tag, text) = plaintext.split_first().unwrap();
-    assert_eq!(*tag, 0, "not a person's message");
-    String::from_utf8(text.to_vec()).unwrap()
+    match tag {
+        0 => Some(String::from_utf8(text.to_vec()).unwrap()),
+        2 => None,
+        other => panic!("unexpected content tag {other}"),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -172,7 +191,7 @@ async fn parent(kills: u32) {
     b.add_contact(a.contact().await.unwrap(), "A")
         .await
         .unwrap();
-    let group = a.create_group(&[b.id(), c_id]).await.unwrap();
+    let group = a.create_group("test", &[b.id(), c_id]).await.unwrap();
     until("B joins", async || {
         b.groups().await.unwrap().contains(&group)
     })
@@ -198,7 +217,20 @@ async fn parent(kills: u32) {
             tokio::time::sleep(Duration::from_millis(5 + 7 * u64::from(round))).await;
             c.child.kill().unwrap();
         } else {
-            // Last round: let C finish, then stop it.
+            // Last round: let C finish and receive what A and B sent, then stop it.
+            c.line(&format!("HAVE {} {}", hex(&group.0), expected.len()));
+            loop {
+                let line = c
+                    .lines
+                    .recv_timeout(common::WAIT)
+                    .expect("C never had it all");
+                if line == "HAVE" {
+                    break;
+                }
+                if let Some(text) = line.strip_prefix("SENT ") {
+                    c_sent.push(text.to_string());
+                }
+            }
             drop(c.stdin);
         }
         let status = c.child.wait().unwrap();
@@ -232,10 +264,12 @@ async fn parent(kills: u32) {
             for m in page {
                 match m.event {
                     Event::Sent { plaintext, .. } => {
-                        assert!(sent.insert(person_text(plaintext)), "C sent twice");
+                        if let Some(text) = person_text(plaintext) {
+                            assert!(sent.insert(text), "C sent twice");
+                        }
                     }
                     Event::Message { plaintext, .. } => {
-                        received.push(person_text(plaintext));
+                        received.extend(person_text(plaintext));
                     }
                     _ => {}
                 }

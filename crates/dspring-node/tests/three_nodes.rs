@@ -26,7 +26,7 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
     let nodes = [&a, &b, &c];
     introduce(&nodes).await;
 
-    let group = a.create_group(&[b.id(), c.id()]).await.unwrap();
+    let group = a.create_group("friends", &[b.id(), c.id()]).await.unwrap();
     for node in [&b, &c] {
         until("the welcome arrives", async || {
             node.groups().await.unwrap().contains(&group)
@@ -88,6 +88,35 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
     // C's message reached A's stream live, after everything stored before.
     let live = stream.next().await.unwrap();
     assert!(live.cursor > stored.last().unwrap().cursor);
+
+    // Every member sees the group's name; C, restarted, from its store.
+    for node in [&a, &b, &c] {
+        until("every member sees the name", async || {
+            node.group_name(group).await.unwrap().as_deref() == Some("friends")
+        })
+        .await;
+    }
+    // Two members rename the group at once: everyone ends with the same one of the two.
+    let (by_a, by_b) = tokio::join!(a.rename(group, "by a"), b.rename(group, "by b"));
+    by_a.unwrap();
+    by_b.unwrap();
+    until("the renames converge", async || {
+        let mut names = BTreeSet::new();
+        for node in [&a, &b, &c] {
+            names.insert(node.group_name(group).await.unwrap());
+        }
+        names.len() == 1
+            && names
+                .iter()
+                .all(|n| matches!(n.as_deref(), Some("by a" | "by b")))
+    })
+    .await;
+    assert!(matches!(
+        a.rename(group, &"x".repeat(dspring_store::MAX_GROUP_NAME_BYTES + 1))
+            .await,
+        Err(dspring_node::NodeError::NameTooLong { .. })
+    ));
+
     // The stream ends when the node stops.
     a.stop().await.unwrap();
     tokio::time::timeout(common::WAIT, async {

@@ -12,6 +12,10 @@ use crate::at_rest::StoreKey;
 use crate::error::StoreError;
 use crate::{Store, now_ms, to_sql_int};
 
+/// The longest group name kept, in bytes: a title, not a document (a peer's name message is
+/// checked against it before it reaches the store).
+pub const MAX_GROUP_NAME_BYTES: usize = 128;
+
 /// What one applied step added.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -21,6 +25,32 @@ pub struct Committed {
     pub new_envelopes: usize,
     /// Envelopes queued in the outbox.
     pub queued: usize,
+}
+
+/// Group metadata that members learn from the group's messages (the node decodes them), to
+/// commit in the same transaction as the steps that carried it: a crash can lose neither
+/// without the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// A mailbox announced in a group.
+    pub group_mailboxes: Vec<(GroupId, MemberId)>,
+    /// A group named or renamed; kept only if later by `(set_ms, set_by)` than the stored name.
+    pub group_names: Vec<GroupName>,
+}
+
+impl Metadata {
+    pub fn is_empty(&self) -> bool {
+        self.group_mailboxes.is_empty() && self.group_names.is_empty()
+    }
+}
+
+/// A group's name, who set it and when (their clock, Unix milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupName {
+    pub group: GroupId,
+    pub name: String,
+    pub set_ms: u64,
+    pub set_by: MemberId,
 }
 
 /// The event-log kind of an event; application messages (0, 1) are indexed for reading.
@@ -72,22 +102,35 @@ impl Store {
         staged: &Staged,
         recipients: &[MemberId],
     ) -> Result<Committed, StoreError> {
-        self.apply_all(&[staged], recipients)?
+        self.apply_all(&[staged], recipients, &Metadata::default())?
             .pop()
             .ok_or_else(|| StoreError::invalid("empty batch"))
+    }
+
+    /// [`Store::apply_batch`] with group metadata the steps carried, and welcome recipients
+    /// of the first step's first envelope (as [`Store::apply_welcoming`]): all in one
+    /// transaction.
+    pub fn apply_steps(
+        &mut self,
+        batch: &[&Staged],
+        recipients: &[MemberId],
+        metadata: &Metadata,
+    ) -> Result<Vec<Committed>, StoreError> {
+        self.apply_all(batch, recipients, metadata)
     }
 
     /// Commits several steps in one transaction (one disk sync for all). Steps of the same
     /// group must be in the order the core produced them; only the last state of each group is
     /// written, since the earlier ones are never visible on their own.
     pub fn apply_batch(&mut self, batch: &[&Staged]) -> Result<Vec<Committed>, StoreError> {
-        self.apply_all(batch, &[])
+        self.apply_all(batch, &[], &Metadata::default())
     }
 
     fn apply_all(
         &mut self,
         batch: &[&Staged],
         first_welcomes: &[MemberId],
+        metadata: &Metadata,
     ) -> Result<Vec<Committed>, StoreError> {
         // Each group's last state in the batch, and what the batch changed of it.
         let mut last_state: HashMap<GroupId, (usize, StateChanges)> = HashMap::new();
@@ -178,6 +221,29 @@ impl Store {
                     .execute([id])?;
             }
             results.push(committed);
+        }
+        for (group, mailbox) in &metadata.group_mailboxes {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO group_mailboxes (group_id, mailbox) VALUES (?1, ?2)",
+            )?
+            .execute(params![group.as_bytes(), mailbox.0])?;
+        }
+        for named in &metadata.group_names {
+            if named.name.len() > MAX_GROUP_NAME_BYTES {
+                return Err(StoreError::invalid("group name too long"));
+            }
+            tx.prepare_cached(
+                "INSERT INTO group_names (group_id, name, set_ms, set_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(group_id) DO UPDATE SET
+                    name = excluded.name, set_ms = excluded.set_ms, set_by = excluded.set_by
+                 WHERE (excluded.set_ms, excluded.set_by) > (group_names.set_ms, group_names.set_by)",
+            )?
+            .execute(params![
+                named.group.as_bytes(),
+                named.name,
+                to_sql_int(named.set_ms)?,
+                named.set_by.0
+            ])?;
         }
         tx.commit()?;
         self.group_refs.extend(refs);

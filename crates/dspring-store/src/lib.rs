@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use dspring_proto::{GroupId, StateChanges};
 use rusqlite::{Connection, OptionalExtension, limits::Limit};
 
-pub use apply::Committed;
+pub use apply::{Committed, GroupName, MAX_GROUP_NAME_BYTES, Metadata};
 pub use at_rest::{
     ARGON2_LANES, ARGON2_MEMORY_KIB, ARGON2_PASSES, KEY_LEN, KeySource, MAX_ARGON2_MEMORY_KIB,
 };
@@ -411,7 +411,7 @@ impl std::fmt::Display for RowKey {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-    use dspring_proto::{Device, Group};
+    use dspring_proto::{Device, Group, MemberId};
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
     use rusqlite::params;
@@ -461,5 +461,63 @@ mod tests {
         assert_eq!(chains as usize, group.chain_senders().len());
         let read = store.group(&id).unwrap().unwrap();
         assert_eq!(read.to_bytes().unwrap(), group.to_bytes().unwrap());
+    }
+
+    /// Names and mailboxes a step carries commit with it; a name replaces the stored one
+    /// only if it was set later (by its setter's clock, then member id).
+    #[test]
+    fn group_metadata_commits_with_its_step_and_the_latest_name_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let me = Device::generate(1, &mut rng);
+        let other = Device::generate(1, &mut rng);
+        let id = GroupId([5; 32]);
+        let created = Group::create(&me, id, &[other.bundle(None)], &mut rng).unwrap();
+        let mut store = Store::open(dir.path(), None).unwrap();
+        let name = |name: &str, set_ms: u64, by: u8| GroupName {
+            group: id,
+            name: name.into(),
+            set_ms,
+            set_by: MemberId([by; 32]),
+        };
+        let names = |store: &Store| -> Vec<String> {
+            store
+                .group_names()
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect()
+        };
+        let metadata = Metadata {
+            group_mailboxes: vec![(id, MemberId([9; 32]))],
+            group_names: vec![name("first", 5, 1)],
+        };
+        store.apply_steps(&[&created], &[], &metadata).unwrap();
+        assert_eq!(names(&store), ["first"]);
+        assert_eq!(store.group_mailboxes().unwrap(), [(id, MemberId([9; 32]))]);
+        let mut state = created.group.clone();
+        for (candidate, kept) in [
+            (name("older", 4, 9), "first"),
+            (name("same time, larger id", 5, 2), "same time, larger id"),
+            (name("later", 6, 0), "later"),
+        ] {
+            let sent = state.send(b"m").unwrap();
+            state = sent.group.clone();
+            let metadata = Metadata {
+                group_names: vec![candidate],
+                ..Metadata::default()
+            };
+            store.apply_steps(&[&sent], &[], &metadata).unwrap();
+            assert_eq!(names(&store), [kept]);
+        }
+        // A name over the bound is refused, and nothing of its step is written.
+        let sent = state.send(b"m").unwrap();
+        let metadata = Metadata {
+            group_names: vec![name(&"x".repeat(MAX_GROUP_NAME_BYTES + 1), 7, 0)],
+            ..Metadata::default()
+        };
+        assert!(store.apply_steps(&[&sent], &[], &metadata).is_err());
+        assert_eq!(names(&store), ["later"]);
+        assert_eq!(store.outbox(100).unwrap().len(), 4);
     }
 }

@@ -414,6 +414,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Every named group's current name.
+    pub fn group_names(&self) -> Result<Vec<crate::GroupName>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT group_id, name, set_ms, set_by FROM group_names ORDER BY group_id",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut out = Vec::new();
+        let mut n = 0i64;
+        while let Some(row) = rows.next()? {
+            let group: Vec<u8> = row.get(0)?;
+            let name: String = row.get(1)?;
+            let set_ms: i64 = row.get(2)?;
+            let set_by: Vec<u8> = row.get(3)?;
+            if name.len() > crate::MAX_GROUP_NAME_BYTES {
+                return Err(
+                    Corrupt::new("group_names", format!("row {n}"), "name too long").into(),
+                );
+            }
+            out.push(crate::GroupName {
+                group: group_id_from(&group, "group_names", n)?,
+                name,
+                set_ms: from_sql_int(set_ms, "group_names", crate::RowKey("row", n))?,
+                set_by: member_from(&set_by, "group_names", n)?,
+            });
+            n += 1;
+        }
+        Ok(out)
+    }
+
     /// Member side: the mailboxes a contact named on its card (replacing earlier ones).
     pub fn set_contact_mailboxes(
         &mut self,

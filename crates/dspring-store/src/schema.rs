@@ -159,7 +159,7 @@ const MIGRATIONS: &[&str] = &[
         member BLOB PRIMARY KEY
     ) WITHOUT ROWID;
     "#,
-    // 4: a group's state in parts: `groups.sealed_state` holds the base (format 2) and this
+    // 4: group names; and a group's state in parts: `groups.sealed_state` holds the base (format 2) and this
     // table one sealed row per sender's chains, so that a message rewrites one small row
     // instead of the whole state. Rows still in the whole format (1) are rewritten in parts
     // when the store is next opened (`Store::open`), which needs the key.
@@ -169,6 +169,14 @@ const MIGRATIONS: &[&str] = &[
         sender BLOB NOT NULL,
         sealed BLOB NOT NULL,
         PRIMARY KEY (group_ref, sender)
+    ) WITHOUT ROWID;
+
+    -- A group's name as its members set it: the latest by (set_ms, set_by) wins.
+    CREATE TABLE group_names (
+        group_id BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        set_ms INTEGER NOT NULL,
+        set_by BLOB NOT NULL
     ) WITHOUT ROWID;
     "#,
 ];
