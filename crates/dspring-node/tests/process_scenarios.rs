@@ -32,6 +32,8 @@ const CHILD_LISTEN: &str = "DSPRING_SCENARIO_LISTEN";
 const CHILD_MAILBOX: &str = "DSPRING_SCENARIO_MAILBOX";
 const TAG: &str = "@@";
 const GROUP_NAME: &str = "the group";
+/// Longer than the node's 10 s round: a periodic sync has run on every node since.
+const SYNC_ROUND: Duration = Duration::from_millis(10_500);
 
 fn main() {
     if let (Ok(dir), Ok(listen)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_LISTEN)) {
@@ -397,6 +399,11 @@ fn three_nodes_chat() -> String {
             node.text_set(group) == expected
         });
     }
+    // Still exactly once after a sync round, which could deliver something again.
+    std::thread::sleep(SYNC_ROUND);
+    for node in [&mut a, &mut b, &mut c] {
+        assert_eq!(node.text_set(group), expected);
+    }
     for node in [a, b, c] {
         node.stop();
     }
@@ -474,6 +481,8 @@ fn mailbox_catch_up() -> String {
     until("D reads everything sent since its add, once each", || {
         d.text_set(group) == expected
     });
+    std::thread::sleep(SYNC_ROUND);
+    assert_eq!(d.text_set(group), expected, "D after a sync round");
     // The adder told the group's name again after the add, so D knows it.
     until("D knows the group's name", || {
         d.run(&format!("NAME {}", hex(&group.0))) == hex(GROUP_NAME.as_bytes())
@@ -519,8 +528,8 @@ fn removal() -> String {
             node.text_set(group).is_superset(&after)
         });
     }
-    // Time for anything that could still reach C to do so.
-    std::thread::sleep(Duration::from_secs(2));
+    // Time for anything that could still reach C to do so, a sync round included.
+    std::thread::sleep(SYNC_ROUND);
     let at_c = c.texts(group);
     assert!(
         at_c.iter().all(|t| !after.contains(t)),
