@@ -877,29 +877,36 @@ impl Actor {
         let mut out = Metadata::default();
         for staged in steps {
             let group = staged.group.id();
-            for event in &staged.events {
-                let (sender, plaintext) = match event {
-                    dspring_proto::Event::Message {
-                        sender, plaintext, ..
-                    } => (*sender, plaintext),
-                    dspring_proto::Event::Sent { plaintext, .. } => (self.device.id(), plaintext),
-                    _ => continue,
-                };
-                match content::decode(plaintext) {
-                    Some(Content::Mailbox(mailbox)) => {
-                        out.group_mailboxes.push((group, mailbox.member));
-                    }
-                    Some(Content::GroupName { name, set_ms }) => out.group_names.push(GroupName {
+            for (sender, content) in self.contents(staged) {
+                match content {
+                    Content::Mailbox(mailbox) => out.group_mailboxes.push((group, mailbox.member)),
+                    Content::GroupName { name, set_ms } => out.group_names.push(GroupName {
                         group,
                         name,
                         set_ms,
                         set_by: sender,
                     }),
-                    _ => {}
+                    Content::Text(_) => {}
                 }
             }
         }
         out
+    }
+
+    /// The decoded contents of a step's messages (received and sent), with their senders.
+    fn contents(&self, staged: &Staged) -> Vec<(MemberId, Content)> {
+        staged
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                dspring_proto::Event::Message {
+                    sender, plaintext, ..
+                } => Some((*sender, plaintext)),
+                dspring_proto::Event::Sent { plaintext, .. } => Some((self.device.id(), plaintext)),
+                _ => None,
+            })
+            .filter_map(|(sender, plaintext)| Some((sender, content::decode(plaintext)?)))
+            .collect()
     }
 
     /// Commits consecutive steps of one group in one transaction (a sync page: one commit
@@ -916,32 +923,26 @@ impl Actor {
         self.device.consume_prekeys(&staged.consumed_prekeys);
         self.groups.insert(id, staged.group.clone());
         let now = now_ms();
-        for event in &staged.events {
-            let (sender, plaintext) = match event {
-                dspring_proto::Event::Message {
-                    sender, plaintext, ..
-                } => (*sender, plaintext),
-                dspring_proto::Event::Sent { plaintext, .. } => (self.device.id(), plaintext),
-                _ => continue,
-            };
-            match content::decode(plaintext) {
-                Some(Content::Mailbox(mailbox)) => self.record_group_mailbox(id, &mailbox).await,
-                Some(Content::GroupName { name, set_ms }) => {
-                    let later = self
+        for (sender, content) in self.contents(staged) {
+            match content {
+                Content::Mailbox(mailbox) => self.record_group_mailbox(id, &mailbox).await,
+                Content::GroupName { name, set_ms } => {
+                    let named = GroupName {
+                        group: id,
+                        name,
+                        set_ms,
+                        set_by: sender,
+                    };
+                    // The rule the store applies to its row, so memory and disk agree.
+                    if self
                         .group_names
                         .get(&id)
-                        .is_none_or(|n| (set_ms, sender) > (n.set_ms, n.set_by));
-                    if later {
-                        let named = GroupName {
-                            group: id,
-                            name,
-                            set_ms,
-                            set_by: sender,
-                        };
+                        .is_none_or(|n| named.supersedes(n))
+                    {
                         self.group_names.insert(id, named);
                     }
                 }
-                _ => {}
+                Content::Text(_) => {}
             }
         }
         for (cursor, event) in committed.cursors.iter().zip(&staged.events) {

@@ -57,7 +57,12 @@ pub(crate) fn decode(plaintext: &[u8]) -> Option<Content> {
         (&MAILBOX, body) => postcard::from_bytes(body).ok().map(Content::Mailbox),
         (&GROUP_NAME, body) => postcard::from_bytes::<NameBody>(body)
             .ok()
-            .filter(|b| b.name.len() <= dspring_store::MAX_GROUP_NAME_BYTES)
+            // A time the store cannot hold (SQLite integers are signed) would make the
+            // step that carries it fail to commit, again at every retry.
+            .filter(|b| {
+                b.name.len() <= dspring_store::MAX_GROUP_NAME_BYTES
+                    && i64::try_from(b.set_ms).is_ok()
+            })
             .map(|b| Content::GroupName {
                 name: b.name,
                 set_ms: b.set_ms,
@@ -108,5 +113,6 @@ mod tests {
         );
         let long = "x".repeat(dspring_store::MAX_GROUP_NAME_BYTES + 1);
         assert_eq!(decode(&group_name(&long, 7)), None);
+        assert_eq!(decode(&group_name("friends", u64::MAX)), None);
     }
 }

@@ -53,6 +53,14 @@ pub struct GroupName {
     pub set_by: MemberId,
 }
 
+impl GroupName {
+    /// Whether this name replaces `other`: set later, or at the same time by a larger id
+    /// (the same rule as the `group_names` upsert).
+    pub fn supersedes(&self, other: &GroupName) -> bool {
+        (self.set_ms, self.set_by) > (other.set_ms, other.set_by)
+    }
+}
+
 /// The event-log kind of an event; application messages (0, 1) are indexed for reading.
 pub(crate) fn event_kind(event: &Event) -> i64 {
     match event {
