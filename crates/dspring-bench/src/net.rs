@@ -25,6 +25,12 @@ use futures::StreamExt;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+/// Counts the bytes the process's Rust code holds on the heap: unlike RSS, this falls again
+/// when connections close (glibc keeps freed pages mapped). SQLite's own allocations go
+/// around it (they are in RSS).
+#[global_allocator]
+static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
 /// The message size of the scenario.
 const MESSAGE: usize = 1024;
 /// How long to wait for stragglers after the last send before counting a message lost.
@@ -201,6 +207,11 @@ async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::Traffic>, String> {
     Ok(out)
 }
 
+fn connections_per_node(traffic: &[dspring_net::Traffic]) -> f64 {
+    let total: u64 = traffic.iter().map(|t| u64::from(t.connections)).sum();
+    total as f64 / traffic.len().max(1) as f64
+}
+
 /// Sends messages `numbers` from `senders` (round-robin) at `rate` per second; returns when
 /// each send started.
 async fn send_steadily(
@@ -350,16 +361,23 @@ struct Figures {
     sender_sync_upload: f64,
     total_upload_per_recipient: f64,
     memory_per_node_mib: f64,
+    heap_per_node_mib: f64,
     cpu_per_delivery_us: f64,
     catch_up_s: f64,
     unicast_sender_upload: f64,
     idle_cores: f64,
     startup_cores: f64,
+    /// Open connections per node (each end counted), during the traffic and after idling.
+    connections_busy: f64,
+    connections_idle: f64,
+    /// The sender's gossipsub mesh size during the upload measurement.
+    sender_mesh: u32,
 }
 
 async fn run(options: &Options) -> Result<Figures, String> {
     let (n, g) = (options.nodes, options.group);
     let rss_before = rss();
+    let heap_before = HEAP.allocated();
     let dirs: Vec<tempfile::TempDir> = (0..n)
         .map(|_| tempfile::tempdir().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
@@ -425,6 +443,8 @@ async fn run(options: &Options) -> Result<Figures, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = upload(&nodes).await?;
+    let sender_mesh = after[1].mesh_peers;
+    let connections_busy = connections_per_node(&after);
     let sent_bytes = (count * MESSAGE) as f64;
     let sender_upload = (after[1].sent - before[1].sent) as f64 / sent_bytes;
     let sender_sync_upload = (after[1].sync_sent - before[1].sync_sent) as f64 / sent_bytes;
@@ -459,6 +479,8 @@ async fn run(options: &Options) -> Result<Figures, String> {
     }
     latencies.sort_by(f64::total_cmp);
     let memory_per_node_mib = rss().saturating_sub(rss_before) as f64 / n as f64 / 1048576.0;
+    let heap_per_node_mib =
+        HEAP.allocated().saturating_sub(heap_before) as f64 / n as f64 / 1048576.0;
     eprintln!("latency measured");
 
     // What the nodes cost when nobody writes, once the DHT has settled: timers, heartbeats,
@@ -466,6 +488,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
     let idle_cpu_before = cpu();
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle_cores = (cpu() - idle_cpu_before) / IDLE_WINDOW.as_secs_f64();
+    let connections_idle = connections_per_node(&upload(&nodes).await?);
 
     // Catch-up: two nodes outside the big group; one leaves, the other writes, it returns.
     let (a, d) = (g, g + 1);
@@ -524,11 +547,15 @@ async fn run(options: &Options) -> Result<Figures, String> {
         sender_sync_upload,
         total_upload_per_recipient,
         memory_per_node_mib,
+        heap_per_node_mib,
         cpu_per_delivery_us: cpu_used / got.max(1) as f64 * 1e6,
         catch_up_s,
         unicast_sender_upload,
         idle_cores,
         startup_cores,
+        connections_busy,
+        connections_idle,
+        sender_mesh,
     })
 }
 
@@ -586,6 +613,10 @@ fn main() -> ExitCode {
         figures.sender_upload
     );
     println!(
+        "| the sender's gossipsub mesh (peers) | {} | | |",
+        figures.sender_mesh
+    );
+    println!(
         "| of which envelopes in the sender's sync answers | {:.1} × | | |",
         figures.sender_sync_upload
     );
@@ -600,6 +631,16 @@ fn main() -> ExitCode {
     println!(
         "| memory per node (process RSS growth / nodes) | {:.2} MiB | ≤ 2 MiB | 0.8 MiB |",
         figures.memory_per_node_mib
+    );
+    println!(
+        "| Rust heap in use per node (without SQLite's own) | {:.2} MiB | | |",
+        figures.heap_per_node_mib
+    );
+    println!(
+        "| connections per node: during traffic; after {} s idle | {:.1}; {:.1} | | |",
+        IDLE_WINDOW.as_secs(),
+        figures.connections_busy,
+        figures.connections_idle
     );
     println!(
         "| CPU per delivery (whole process) | {:.0} µs | | |",

@@ -10,6 +10,7 @@ use libp2p::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::mesh_keep_alive::MeshKeepAlive;
 use crate::wire::{Codec, DIRECT_PROTOCOL, Direct, MAILBOX_PROTOCOL, Mailbox, SYNC_PROTOCOL, Sync};
 
 /// Our Kademlia protocol name: a DHT of dspring nodes only, apart from the public IPFS one.
@@ -34,7 +35,8 @@ pub(crate) struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub identify: identify::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub gossipsub: gossipsub::Behaviour,
+    /// Keeps a connection open only while the peer is in one of our meshes.
+    pub gossipsub: MeshKeepAlive<gossipsub::Behaviour>,
     pub direct: request_response::Behaviour<Codec<Direct>>,
     pub sync: request_response::Behaviour<Codec<Sync>>,
     pub mailbox: request_response::Behaviour<Codec<Mailbox>>,
@@ -112,7 +114,7 @@ impl Behaviour {
                 key.public(),
             )),
             kad,
-            gossipsub,
+            gossipsub: MeshKeepAlive(gossipsub),
             direct: request_response::Behaviour::with_codec(
                 Codec::default(),
                 [(DIRECT_PROTOCOL, request_response::ProtocolSupport::Full)],

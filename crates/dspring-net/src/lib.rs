@@ -11,6 +11,7 @@
 mod address_book;
 mod behaviour;
 pub mod identity;
+mod mesh_keep_alive;
 mod network;
 pub mod topic;
 pub mod wire;

@@ -28,7 +28,7 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// times out and retries).
 pub const MAX_PENDING_INBOUND: usize = 4096;
 /// Connections with nothing to do close after this: idle groups keep no connections open.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers being looked up in the DHT to connect to them; beyond this, new requests wait for
 /// the next round (the node asks again).
 pub const MAX_LOOKUPS: usize = 256;
@@ -170,6 +170,10 @@ pub struct Traffic {
     /// Of `sent`: envelopes in this node's answers to sync requests (their bytes, without
     /// the page's framing). The rest is mostly gossip.
     pub sync_sent: u64,
+    /// Connections open now (each counted at both ends, once per end).
+    pub connections: u32,
+    /// Peers in this node's gossipsub meshes now, summed over its topics.
+    pub mesh_peers: u32,
 }
 
 #[derive(Debug)]
@@ -627,8 +631,20 @@ impl Task {
                 self.record_queries.insert(id, RecordQuery::Get(done));
             }
             Command::Traffic(done) => {
+                let behaviour = self.swarm.behaviour();
+                let mesh_peers = behaviour
+                    .gossipsub
+                    .topics()
+                    .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
+                    .sum::<usize>();
                 let _ = done.send(Traffic {
                     sync_sent: self.sync_sent,
+                    connections: self
+                        .swarm
+                        .network_info()
+                        .connection_counters()
+                        .num_established(),
+                    mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
                     ..traffic(&self.registry)
                 });
             }

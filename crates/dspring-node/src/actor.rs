@@ -42,12 +42,13 @@ const RING_SUCCESSORS: usize = 2;
 /// Below this many connected members of a busy group, more (random) members are dialled: the
 /// ring alone fails when successors are unreachable.
 const MIN_GROUP_PEERS: usize = 4;
-/// A group with nothing sent or received for this long is idle: no connections are made for
-/// it (they close after the network's idle timeout).
-const BUSY_GROUP_WINDOW: Duration = Duration::from_secs(120);
 
 /// How often this node's DHT record is published again (it lives [`RECORD_LIFETIME`]).
 const RECORD_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Connected members each busy group syncs with per round: two random picks find a missed
+/// envelope within a few rounds without keeping every connection busy.
+const SYNC_PEERS_PER_ROUND: usize = 2;
 
 /// Sync positions remembered (group and peer pairs); beyond this, syncs start from the
 /// beginning of the peer's log, which is slower but still right.
@@ -118,8 +119,11 @@ struct Actor {
     synced: HashMap<(GroupId, PeerId), u64>,
     /// When this node's DHT record was last stored by the network.
     record_published: Option<tokio::time::Instant>,
-    /// When each group last had an envelope, for keeping busy groups connected.
+    /// Busy groups (on their topic, their members dialled) and when each last had an
+    /// envelope; a group absent here is idle: off its topic, so it holds no connections.
     last_activity: HashMap<GroupId, tokio::time::Instant>,
+    /// How long a group stays busy after its last envelope.
+    idle_group_after: Duration,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
 }
@@ -165,10 +169,13 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         },
     )?;
     let mut groups = HashMap::new();
+    // Every group starts busy: the first rounds catch up on what was missed while away.
+    let mut last_activity = HashMap::new();
     for id in store.groups()? {
         if let Some(group) = store.group(&id)? {
             if group.is_active() {
                 net.send(Command::Subscribe(id)).await?;
+                last_activity.insert(id, tokio::time::Instant::now());
             }
             groups.insert(id, group);
         }
@@ -241,7 +248,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         group_mailboxes,
         group_names,
         deposited: HashSet::new(),
-        last_activity: HashMap::new(),
+        last_activity,
+        idle_group_after: config.idle_group_after,
         synced: HashMap::new(),
         record_published: None,
         _running: running,
@@ -334,20 +342,12 @@ impl Actor {
                             Err(error) => tracing::warn!(%error, "mailbox expiry"),
                         }
                     }
-                    let busy: Vec<GroupId> = self
-                        .last_activity
-                        .iter()
-                        .filter(|(_, at)| at.elapsed() < BUSY_GROUP_WINDOW)
-                        .map(|(group, _)| *group)
-                        .collect();
+                    self.rest_idle_groups().await;
+                    let busy: Vec<GroupId> = self.last_activity.keys().copied().collect();
                     for group in busy {
                         self.connect_group(group).await;
                     }
-                    // Catch up with connected members: gossip can miss an envelope (a peer
-                    // joined the mesh late, a message aged out of the cache).
-                    for peer in self.connected.clone() {
-                        self.sync_shared_groups(peer);
-                    }
+                    self.sync_round();
                 }
                 _ = welcome_retry.tick() => {
                     for member in self.store.members_awaiting_welcome().unwrap_or_default() {
@@ -663,6 +663,36 @@ impl Actor {
         }
     }
 
+    /// Marks a group busy now; one that was idle goes back on its topic and dials its members
+    /// at once rather than at the next round.
+    async fn wake_group(&mut self, group: GroupId) {
+        let was_idle = self
+            .last_activity
+            .insert(group, tokio::time::Instant::now())
+            .is_none();
+        if was_idle && self.groups.get(&group).is_some_and(|g| g.is_active()) {
+            let _ = self.net.send(Command::Subscribe(group)).await;
+            self.connect_group(group).await;
+        }
+    }
+
+    /// Groups with no envelope for `idle_group_after` leave their topic: their meshes, and so
+    /// their connections, close (a mailbox stays on the topics it serves).
+    async fn rest_idle_groups(&mut self) {
+        let idle: Vec<GroupId> = self
+            .last_activity
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= self.idle_group_after)
+            .map(|(group, _)| *group)
+            .collect();
+        for group in idle {
+            self.last_activity.remove(&group);
+            if !self.serves(&group) {
+                let _ = self.net.send(Command::Unsubscribe(group)).await;
+            }
+        }
+    }
+
     /// Tells a group's members that `mailbox` serves it (once per group and mailbox).
     async fn announce_mailbox(&mut self, group: GroupId, mailbox: MemberId) {
         if self
@@ -919,9 +949,9 @@ impl Actor {
     /// What follows a committed step: the new state in memory, announcements, live events.
     async fn committed(&mut self, staged: &Staged, committed: &dspring_store::Committed) {
         let id = staged.group.id();
-        self.last_activity.insert(id, tokio::time::Instant::now());
-        self.device.consume_prekeys(&staged.consumed_prekeys);
         self.groups.insert(id, staged.group.clone());
+        self.wake_group(id).await;
+        self.device.consume_prekeys(&staged.consumed_prekeys);
         let now = now_ms();
         for (sender, content) in self.contents(staged) {
             match content {
@@ -1079,6 +1109,15 @@ impl Actor {
                 self.subscribers.entry(group).or_default().insert(peer);
                 self.request_sync(group, peer, 0);
             }
+            // A member of a group idle here came back to its topic: it has something to send
+            // or has just received something. Follow it, and fetch what it has.
+            NetEvent::Subscribed { peer, group }
+                if !self.last_activity.contains_key(&group)
+                    && self.groups.get(&group).is_some_and(|g| g.is_active()) =>
+            {
+                self.wake_group(group).await;
+                self.request_sync(group, peer, self.sync_position(&group, &peer));
+            }
             NetEvent::Connected(peer) => {
                 self.connected.insert(peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
@@ -1106,18 +1145,55 @@ impl Actor {
         let Some(member) = dspring_net::identity::member(&peer) else {
             return;
         };
-        for (id, group) in &self.groups {
-            if group.is_active()
-                && (group.members().contains(&member)
-                    || (!self.own_mailboxes.contains_key(&member)
-                        && self.is_group_mailbox(id, &member)))
-            {
+        for id in self.groups.keys() {
+            if self.syncs_with(id, &member) {
                 self.request_sync(*id, peer, self.sync_position(id, &peer));
             }
         }
         for (group, subscribers) in &self.subscribers {
             if subscribers.contains(&peer) {
                 self.request_sync(*group, peer, self.sync_position(group, &peer));
+            }
+        }
+    }
+
+    /// Whether this node syncs `group` with `member`: a fellow member of an active group, or
+    /// one of its mailboxes (own mailboxes are asked for news instead).
+    fn syncs_with(&self, group: &GroupId, member: &MemberId) -> bool {
+        self.groups.get(group).is_some_and(|g| {
+            g.is_active()
+                && (g.members().contains(member)
+                    || (!self.own_mailboxes.contains_key(member)
+                        && self.is_group_mailbox(group, member)))
+        })
+    }
+
+    /// The periodic catch-up: gossip can miss an envelope (a peer joined the mesh late, a
+    /// message aged out of the cache), so each busy group syncs with a few of its connected
+    /// members, picked at random. Not with all of them: those requests would keep every
+    /// connection of the group open. Idle groups are left alone; a member that writes wakes
+    /// them. As a mailbox, every served group syncs with the members on its topic.
+    fn sync_round(&mut self) {
+        let busy: Vec<GroupId> = self.last_activity.keys().copied().collect();
+        for group in busy {
+            let mut peers: Vec<PeerId> = self
+                .connected
+                .iter()
+                .filter(|peer| {
+                    dspring_net::identity::member(peer)
+                        .is_some_and(|member| self.syncs_with(&group, &member))
+                })
+                .copied()
+                .collect();
+            for _ in 0..SYNC_PEERS_PER_ROUND.min(peers.len()) {
+                let pick = (rand_core::Rng::next_u32(&mut self.rng) as usize) % peers.len();
+                let peer = peers.swap_remove(pick);
+                self.request_sync(group, peer, self.sync_position(&group, &peer));
+            }
+        }
+        for (group, subscribers) in &self.subscribers {
+            for peer in subscribers.intersection(&self.connected) {
+                self.request_sync(*group, *peer, self.sync_position(group, peer));
             }
         }
     }

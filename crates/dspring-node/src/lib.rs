@@ -69,8 +69,10 @@ pub use dspring_store::StoredEvent as NodeEvent;
 /// Commands waiting for the actor: API callers wait (backpressure) when it is full.
 pub const COMMAND_QUEUE: usize = 256;
 /// Live events buffered per subscriber; a subscriber that falls further behind is told it
-/// lagged and resumes from the store with [`Node::events_since`].
-pub const LIVE_EVENTS: usize = 1024;
+/// lagged and resumes from the store with [`Node::events_since`], so this only saves store
+/// reads: 256 covers a busy second of a large group, and the buffer is allocated whole per
+/// node (1024 was 150 KB of every node's memory).
+pub const LIVE_EVENTS: usize = 256;
 /// One-time prekeys a new device starts with.
 pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
 
@@ -82,6 +84,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Serve as a mailbox for the groups of this node's contacts (its owners).
     pub mailbox: Option<MailboxConfig>,
+    /// A group with no envelope for this long goes idle: it leaves its gossip topic, so it
+    /// keeps no connections open, and wakes up when a member sends.
+    pub idle_group_after: std::time::Duration,
 }
 
 /// The mailbox role: keep the ciphertext of groups that owners (this node's contacts)
@@ -101,6 +106,9 @@ impl Default for MailboxConfig {
     }
 }
 
+/// Two minutes: a conversation's pauses stay busy; an idle group costs nothing after that.
+pub const DEFAULT_IDLE_GROUP_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// How long a mailbox keeps what it holds unless configured: a month covers a long holiday.
 pub const DEFAULT_MAILBOX_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(30 * 24 * 3600);
@@ -115,6 +123,7 @@ impl NodeConfig {
                 .collect(),
             mdns: true,
             mailbox: None,
+            idle_group_after: DEFAULT_IDLE_GROUP_AFTER,
         }
     }
 }

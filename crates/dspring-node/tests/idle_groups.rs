@@ -1,0 +1,79 @@
+//! Idle groups keep no connections open: once a group has had no envelope for its idle time,
+//! its members leave the gossip topic and their connections close; a new message wakes the
+//! group and arrives.
+
+// Test code: a failed expectation is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{has_all, introduce, until};
+use dspring_node::{Node, NodeConfig};
+
+async fn start_quick_to_idle(dir: &std::path::Path) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.idle_group_after = Duration::from_secs(1);
+    Node::start(config).await.unwrap()
+}
+
+async fn connections(node: &Node) -> u32 {
+    node.traffic().await.unwrap().connections
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_closes_its_connections_and_a_message_wakes_it() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_quick_to_idle(dirs[0].path()).await;
+    let b = start_quick_to_idle(dirs[1].path()).await;
+    introduce(&[&a, &b]).await;
+    let group = a.create_group("quiet", &[b.id()]).await.unwrap();
+    until("the welcome arrives", async || {
+        b.groups().await.unwrap().contains(&group)
+    })
+    .await;
+    let mut expected = BTreeSet::new();
+    for (name, node) in [("a", &a), ("b", &b)] {
+        let text = format!("hello from {name}");
+        node.send(group, text.as_bytes()).await.unwrap();
+        expected.insert(text);
+    }
+    for node in [&a, &b] {
+        until("both have both messages", async || {
+            has_all(node, group, &expected).await
+        })
+        .await;
+    }
+    assert!(connections(&a).await > 0, "a busy group is connected");
+
+    // Nobody writes: the group goes idle at both, and the connection closes.
+    until("the idle group's connection closes", async || {
+        connections(&a).await == 0 && connections(&b).await == 0
+    })
+    .await;
+
+    // B writes: the group wakes up, B dials A, and A receives it.
+    b.send(group, b"after a pause").await.unwrap();
+    expected.insert("after a pause".to_owned());
+    until("the message after the pause arrives", async || {
+        has_all(&a, group, &expected).await
+    })
+    .await;
+    assert!(connections(&a).await > 0, "the woken group is connected");
+    // And the conversation goes on both ways.
+    a.send(group, b"welcome back").await.unwrap();
+    expected.insert("welcome back".to_owned());
+    until("the answer arrives", async || {
+        has_all(&b, group, &expected).await
+    })
+    .await;
+}
