@@ -445,6 +445,18 @@ impl Actor {
             Request::Groups(reply) => {
                 let _ = reply.send(Ok(self.groups.keys().copied().collect()));
             }
+            Request::Contacts(reply) => {
+                let contacts = self.store.contacts().map(|all| {
+                    all.into_iter()
+                        .map(|c| crate::Contact {
+                            member: c.member,
+                            name: c.display_name,
+                            verified: c.verified,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(contacts.map_err(NodeError::from));
+            }
             Request::Messages(group, after, limit, reply) => {
                 let _ = reply.send(visible(after, |after| {
                     self.store.messages(&group, after, limit)

@@ -64,6 +64,17 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_net::Traffic;
+
+/// A person this node knows, as the API shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Contact {
+    pub member: MemberId,
+    /// The name this node's user gave them.
+    pub name: String,
+    /// The user compared safety numbers with them.
+    pub verified: bool,
+}
 pub use dspring_store::StoredEvent as NodeEvent;
 
 /// Commands waiting for the actor: API callers wait (backpressure) when it is full.
@@ -167,6 +178,7 @@ pub(crate) enum Request {
     Update(GroupId, Reply<()>),
     Members(GroupId, Reply<Vec<MemberId>>),
     Groups(Reply<Vec<GroupId>>),
+    Contacts(Reply<Vec<Contact>>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
@@ -291,6 +303,11 @@ impl Node {
 
     pub async fn groups(&self) -> Result<Vec<GroupId>, NodeError> {
         self.ask(Request::Groups).await
+    }
+
+    /// This node's contacts, in id order.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, NodeError> {
+        self.ask(Request::Contacts).await
     }
 
     /// Messages (received and sent) of a group after event cursor `after`.

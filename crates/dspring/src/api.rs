@@ -1,0 +1,440 @@
+//! The method table: every operation of the local API, each a `POST /v1/<name>` with JSON
+//! parameters and a JSON result. The CLI calls the same methods, so every CLI command is an
+//! API call.
+
+use dspring_node::{ContactCard, Node, NodeError, NodeEvent};
+use dspring_proto::{Event, GroupId, MemberId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest text a `send` carries: the core's plaintext bound less the node's content tag.
+pub const MAX_MESSAGE_BYTES: usize = dspring_proto::envelope::MAX_PLAINTEXT_LEN - 1;
+/// Most messages one `read` returns.
+pub const MAX_READ: usize = 1000;
+/// Most events one page of `events` returns.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+
+/// One method of the API.
+#[derive(Debug)]
+pub struct Method {
+    pub name: &'static str,
+    pub summary: &'static str,
+}
+
+pub const METHODS: &[Method] = &[
+    Method {
+        name: "id",
+        summary: "This node's member id and contact card.",
+    },
+    Method {
+        name: "contact.add",
+        summary: "Adds a person from their contact card, under a name.",
+    },
+    Method {
+        name: "contact.list",
+        summary: "The contacts of this node.",
+    },
+    Method {
+        name: "group.create",
+        summary: "Creates a group with a name and members (contact names or ids).",
+    },
+    Method {
+        name: "group.list",
+        summary: "The groups of this node, with their names.",
+    },
+    Method {
+        name: "group.show",
+        summary: "A group's name and members.",
+    },
+    Method {
+        name: "group.add",
+        summary: "Adds a member (a contact name or id) to a group.",
+    },
+    Method {
+        name: "group.remove",
+        summary: "Removes a member from a group.",
+    },
+    Method {
+        name: "group.update",
+        summary: "Refreshes this member's keys in a group (heals a compromise).",
+    },
+    Method {
+        name: "send",
+        summary: "Sends a text message to a group.",
+    },
+    Method {
+        name: "read",
+        summary: "A group's messages after an event cursor.",
+    },
+    Method {
+        name: "events",
+        summary: "Events after a cursor (one page); `GET /v1/events` streams them.",
+    },
+    Method {
+        name: "status",
+        summary: "Groups, contacts, connections and traffic of this node.",
+    },
+];
+
+/// An API failure: a stable code, an HTTP status and a message for people.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn params(error: impl std::fmt::Display) -> Self {
+        Self::new(400, "invalid_params", error.to_string())
+    }
+
+    fn unknown_group(reference: &str) -> Self {
+        Self::new(404, "unknown_group", format!("no group {reference:?}"))
+    }
+
+    fn unknown_contact(reference: &str) -> Self {
+        Self::new(404, "unknown_contact", format!("no contact {reference:?}"))
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> Self {
+        match error {
+            NodeError::UnknownGroup => Self::new(404, "unknown_group", error.to_string()),
+            NodeError::UnknownContact(_) => Self::new(404, "unknown_contact", error.to_string()),
+            NodeError::NameTooLong { .. } => Self::new(400, "invalid_params", error.to_string()),
+            NodeError::Group(_) => Self::new(409, "group_refused", error.to_string()),
+            NodeError::NotFound(_) => Self::new(404, "not_found", error.to_string()),
+            NodeError::Stopped => Self::new(503, "stopped", error.to_string()),
+            other => Self::new(500, "node_error", other.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactAdd {
+    card: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupCreate {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRef {
+    group: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupMember {
+    group: String,
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    group: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Read {
+    group: String,
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Events {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct GroupInfo {
+    id: String,
+    name: Option<String>,
+}
+
+/// An event as the API shows it.
+#[derive(Serialize)]
+pub struct ApiEvent {
+    pub cursor: u64,
+    pub group: String,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: EventBody,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    Message { sender: String, text: String },
+    Sent { text: String },
+    Joined { by: String },
+    MemberAdded { by: String, member: String },
+    MemberRemoved { by: String, member: String },
+    KeyUpdated { member: String },
+    RemovedMe { by: String },
+    Unreadable { sender: String },
+    Other,
+}
+
+pub fn api_event(stored: &NodeEvent) -> ApiEvent {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let event = match &stored.event {
+        Event::Message {
+            sender, plaintext, ..
+        } => EventBody::Message {
+            sender: member_hex(sender),
+            text: text(plaintext),
+        },
+        Event::Sent { plaintext, .. } => EventBody::Sent {
+            text: text(plaintext),
+        },
+        Event::Joined { by } => EventBody::Joined { by: member_hex(by) },
+        Event::MemberAdded { by, member } => EventBody::MemberAdded {
+            by: member_hex(by),
+            member: member_hex(member),
+        },
+        Event::MemberRemoved { by, member } => EventBody::MemberRemoved {
+            by: member_hex(by),
+            member: member_hex(member),
+        },
+        Event::KeyUpdated { member } => EventBody::KeyUpdated {
+            member: member_hex(member),
+        },
+        Event::RemovedMe { by } => EventBody::RemovedMe { by: member_hex(by) },
+        Event::Unreadable { sender, .. } => EventBody::Unreadable {
+            sender: member_hex(sender),
+        },
+        _ => EventBody::Other,
+    };
+    ApiEvent {
+        cursor: stored.cursor,
+        group: hex::encode(stored.group.as_bytes()),
+        at_ms: stored.at_ms,
+        event,
+    }
+}
+
+pub fn member_hex(member: &MemberId) -> String {
+    hex::encode(member.as_bytes())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(params: Value) -> Result<T, ApiError> {
+    serde_json::from_value(params).map_err(ApiError::params)
+}
+
+fn json(value: impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::new(500, "internal", e.to_string()))
+}
+
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// A group named by its id (hex) or its name; a name two groups share is ambiguous.
+async fn resolve_group(node: &Node, reference: &str) -> Result<GroupId, ApiError> {
+    let groups = node.groups().await?;
+    if let Some(bytes) = hex32(reference) {
+        let id = GroupId(bytes);
+        return groups
+            .contains(&id)
+            .then_some(id)
+            .ok_or_else(|| ApiError::unknown_group(reference));
+    }
+    let mut found = None;
+    for id in groups {
+        if node.group_name(id).await?.as_deref() == Some(reference) {
+            if found.is_some() {
+                return Err(ApiError::new(
+                    409,
+                    "ambiguous",
+                    format!("several groups are named {reference:?}: use the id"),
+                ));
+            }
+            found = Some(id);
+        }
+    }
+    found.ok_or_else(|| ApiError::unknown_group(reference))
+}
+
+/// A member named by their id (hex) or a contact's name.
+async fn resolve_member(node: &Node, reference: &str) -> Result<MemberId, ApiError> {
+    if let Some(bytes) = hex32(reference) {
+        return Ok(MemberId(bytes));
+    }
+    let contacts = node.contacts().await?;
+    let mut matching = contacts.iter().filter(|c| c.name == reference);
+    match (matching.next(), matching.next()) {
+        (Some(contact), None) => Ok(contact.member),
+        (Some(_), Some(_)) => Err(ApiError::new(
+            409,
+            "ambiguous",
+            format!("several contacts are named {reference:?}: use the id"),
+        )),
+        (None, _) => Err(ApiError::unknown_contact(reference)),
+    }
+}
+
+/// Runs method `name` with `params` on the node.
+pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiError> {
+    match name {
+        "id" => {
+            let card = node.contact().await?;
+            json(serde_json::json!({
+                "id": member_hex(&node.id()),
+                "card": card.to_text(),
+            }))
+        }
+        "contact.add" => {
+            let p: ContactAdd = parse(params)?;
+            let card = ContactCard::from_text(p.card.trim()).map_err(ApiError::params)?;
+            let member = card.member;
+            node.add_contact(card, &p.name).await?;
+            json(serde_json::json!({ "id": member_hex(&member), "name": p.name }))
+        }
+        "contact.list" => {
+            let contacts: Vec<Value> = node
+                .contacts()
+                .await?
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "id": member_hex(&c.member),
+                        "name": c.name,
+                        "verified": c.verified,
+                    })
+                })
+                .collect();
+            json(contacts)
+        }
+        "group.create" => {
+            let p: GroupCreate = parse(params)?;
+            let mut members = Vec::with_capacity(p.members.len());
+            for member in &p.members {
+                members.push(resolve_member(node, member).await?);
+            }
+            let id = node.create_group(&p.name, &members).await?;
+            json(GroupInfo {
+                id: hex::encode(id.as_bytes()),
+                name: Some(p.name),
+            })
+        }
+        "group.list" => {
+            let mut out = Vec::new();
+            for id in node.groups().await? {
+                out.push(GroupInfo {
+                    id: hex::encode(id.as_bytes()),
+                    name: node.group_name(id).await?,
+                });
+            }
+            json(out)
+        }
+        "group.show" => {
+            let p: GroupRef = parse(params)?;
+            let id = resolve_group(node, &p.group).await?;
+            let members: Vec<String> = node.members(id).await?.iter().map(member_hex).collect();
+            json(serde_json::json!({
+                "id": hex::encode(id.as_bytes()),
+                "name": node.group_name(id).await?,
+                "members": members,
+            }))
+        }
+        "group.add" | "group.remove" => {
+            let p: GroupMember = parse(params)?;
+            let id = resolve_group(node, &p.group).await?;
+            let member = resolve_member(node, &p.member).await?;
+            if name == "group.add" {
+                node.add(id, member).await?;
+            } else {
+                node.remove(id, member).await?;
+            }
+            json(serde_json::json!({}))
+        }
+        "group.update" => {
+            let p: GroupRef = parse(params)?;
+            let id = resolve_group(node, &p.group).await?;
+            node.update(id).await?;
+            json(serde_json::json!({}))
+        }
+        "send" => {
+            let p: Send = parse(params)?;
+            if p.text.len() > MAX_MESSAGE_BYTES {
+                return Err(ApiError::new(
+                    413,
+                    "too_large",
+                    format!("a message is at most {MAX_MESSAGE_BYTES} bytes"),
+                ));
+            }
+            let id = resolve_group(node, &p.group).await?;
+            node.send(id, p.text.as_bytes()).await?;
+            json(serde_json::json!({}))
+        }
+        "read" => {
+            let p: Read = parse(params)?;
+            let id = resolve_group(node, &p.group).await?;
+            let limit = p.limit.unwrap_or(100).min(MAX_READ);
+            let events: Vec<ApiEvent> = node
+                .messages(id, p.after, limit)
+                .await?
+                .iter()
+                .map(api_event)
+                .collect();
+            json(events)
+        }
+        "events" => {
+            let p: Events = parse(params)?;
+            let limit = p.limit.unwrap_or(100).min(MAX_EVENTS_PAGE);
+            let events: Vec<ApiEvent> = node
+                .events_since(p.after, limit)
+                .await?
+                .iter()
+                .map(api_event)
+                .collect();
+            json(events)
+        }
+        "status" => {
+            let traffic = node.traffic().await?;
+            json(serde_json::json!({
+                "id": member_hex(&node.id()),
+                "groups": node.groups().await?.len(),
+                "contacts": node.contacts().await?.len(),
+                "connections": traffic.connections,
+                "bytes_sent": traffic.sent,
+                "bytes_received": traffic.received,
+            }))
+        }
+        _ => Err(ApiError::new(
+            404,
+            "unknown_method",
+            format!("no method {name:?}"),
+        )),
+    }
+}

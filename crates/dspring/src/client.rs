@@ -1,0 +1,128 @@
+//! The CLI's side of the local API: calls a method of the running daemon, or follows its
+//! event stream.
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::home::{Home, HomeError};
+
+/// Longest event line the client accepts from the daemon's stream (an event carries at most
+/// one message, JSON-escaped).
+const MAX_EVENT_LINE: usize = 4 * crate::api::MAX_MESSAGE_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("cannot reach the daemon at {address}: {error}")]
+    Unreachable {
+        address: std::net::SocketAddr,
+        error: reqwest::Error,
+    },
+    #[error("{message} ({code})")]
+    Api { code: String, message: String },
+    #[error("the daemon's answer is not what this CLI understands: {0}")]
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// The process exit code: 1 the daemon refused, 3 no daemon to talk to, 4 a bad answer.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Api { .. } => 1,
+            ClientError::Home(_) | ClientError::Unreachable { .. } => 3,
+            ClientError::BadAnswer(_) => 4,
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    address: std::net::SocketAddr,
+    token: String,
+}
+
+impl Client {
+    pub fn connect(home: &Home) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: reqwest::Client::new(),
+            address: home.address()?,
+            token: home.token()?,
+        })
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            address: self.address,
+            error,
+        }
+    }
+
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let response = self
+            .http
+            .post(format!("http://{}/v1/{method}", self.address))
+            .bearer_auth(&self.token)
+            .json(&params)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let ok = response.status().is_success();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        if ok {
+            return Ok(body);
+        }
+        let field = |name: &str| {
+            body.get(name)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        Err(ClientError::Api {
+            code: field("code"),
+            message: field("message"),
+        })
+    }
+
+    /// Follows the event stream from `after`, calling `each` with every event (its JSON);
+    /// returns when the daemon ends the stream.
+    pub async fn follow(&self, after: u64, mut each: impl FnMut(Value)) -> Result<(), ClientError> {
+        let response = self
+            .http
+            .get(format!("http://{}/v1/events?after={after}", self.address))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !response.status().is_success() {
+            return Err(ClientError::BadAnswer(format!(
+                "the event stream answered {}",
+                response.status()
+            )));
+        }
+        let mut bytes = response.bytes_stream();
+        let mut line: Vec<u8> = Vec::new();
+        while let Some(chunk) = bytes.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            for byte in chunk {
+                if byte != b'\n' {
+                    if line.len() >= MAX_EVENT_LINE {
+                        return Err(ClientError::BadAnswer("an event line too long".into()));
+                    }
+                    line.push(byte);
+                    continue;
+                }
+                if let Some(data) = line.strip_prefix(b"data:") {
+                    let event: Value = serde_json::from_slice(data.trim_ascii())
+                        .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+                    each(event);
+                }
+                line.clear();
+            }
+        }
+        Ok(())
+    }
+}

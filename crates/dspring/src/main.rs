@@ -1,0 +1,357 @@
+//! `dspring`: the command line of Digital Spring. `dspring daemon` runs a node with its local
+//! API; every other command is a call to that API (see `api::METHODS`).
+
+mod api;
+mod client;
+mod daemon;
+mod home;
+mod openapi;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use client::{Client, ClientError};
+use home::Home;
+
+#[derive(Parser)]
+#[command(
+    name = "dspring",
+    version,
+    about = "Private group messaging without a middleman"
+)]
+struct Cli {
+    /// The profile (one identity and its data) to use.
+    #[arg(long, global = true, default_value = "default")]
+    profile: String,
+    /// The data directory (default: $XDG_DATA_HOME/dspring/<profile>).
+    #[arg(long, global = true, env = "DSPRING_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Print results as JSON (follow: one JSON object per line).
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the node and its local API in the foreground until SIGINT or SIGTERM.
+    Daemon {
+        /// The API's port on 127.0.0.1 (0: any free port; the daemon writes it to
+        /// `api-address` in the data directory).
+        #[arg(long, default_value_t = 0)]
+        api_port: u16,
+        /// Also serve as a mailbox for this node's contacts.
+        #[arg(long)]
+        mailbox: bool,
+        /// A libp2p address to listen on, repeatable (default: any free TCP and QUIC port
+        /// on every interface), e.g. `/ip4/0.0.0.0/tcp/4001`.
+        #[arg(long)]
+        listen: Vec<String>,
+    },
+    /// This node's member id and contact card.
+    Id,
+    /// People this node knows.
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Sends a message to a group (`-` reads it from standard input).
+    Send { group: String, text: String },
+    /// A group's messages.
+    Read {
+        group: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Prints events as they happen (from cursor `--after`), until the daemon stops.
+    Follow {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// This node's state: groups, contacts, connections, traffic.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum ContactCommand {
+    /// Adds a person from their contact card (`dspring id` prints one).
+    Add {
+        card: String,
+        #[arg(long)]
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Creates a group; members are contact names or ids.
+    Create {
+        name: String,
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    List,
+    Show {
+        group: String,
+    },
+    Add {
+        group: String,
+        member: String,
+    },
+    Remove {
+        group: String,
+        member: String,
+    },
+    /// Refreshes this member's keys in the group.
+    Update {
+        group: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,dspring=info",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let home = match Home::locate(cli.data_dir.clone(), &cli.profile) {
+        Ok(home) => home,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Daemon {
+        api_port,
+        mailbox,
+        listen,
+    } = &cli.command
+    {
+        let options = daemon::Options {
+            api_port: *api_port,
+            mailbox: *mailbox,
+            listen: listen.clone(),
+        };
+        return match daemon::run(&home, options).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match command(&cli, &home).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// The method and parameters a command calls.
+fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
+    Ok(match command {
+        Command::Daemon { .. } | Command::Follow { .. } => {
+            return Err(ClientError::BadAnswer("not a method".into()));
+        }
+        Command::Id => ("id", json!({})),
+        Command::Contact(ContactCommand::Add { card, name }) => {
+            ("contact.add", json!({ "card": card, "name": name }))
+        }
+        Command::Contact(ContactCommand::List) => ("contact.list", json!({})),
+        Command::Group(GroupCommand::Create { name, members }) => {
+            ("group.create", json!({ "name": name, "members": members }))
+        }
+        Command::Group(GroupCommand::List) => ("group.list", json!({})),
+        Command::Group(GroupCommand::Show { group }) => ("group.show", json!({ "group": group })),
+        Command::Group(GroupCommand::Add { group, member }) => {
+            ("group.add", json!({ "group": group, "member": member }))
+        }
+        Command::Group(GroupCommand::Remove { group, member }) => {
+            ("group.remove", json!({ "group": group, "member": member }))
+        }
+        Command::Group(GroupCommand::Update { group }) => {
+            ("group.update", json!({ "group": group }))
+        }
+        Command::Send { group, text } => {
+            let text = if text == "-" {
+                let mut input = String::new();
+                std::io::stdin()
+                    .take(api::MAX_MESSAGE_BYTES as u64 + 1)
+                    .read_to_string(&mut input)
+                    .map_err(|e| ClientError::BadAnswer(format!("reading standard input: {e}")))?;
+                input
+            } else {
+                text.clone()
+            };
+            ("send", json!({ "group": group, "text": text }))
+        }
+        Command::Read { group, limit } => ("read", json!({ "group": group, "limit": limit })),
+        Command::Status => ("status", json!({})),
+    })
+}
+
+async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
+    let client = Client::connect(home)?;
+    if let Command::Follow { after } = cli.command {
+        let json = cli.json;
+        return client
+            .follow(after, |event| {
+                if json {
+                    println!("{event}");
+                } else {
+                    println!("{}", describe_event(&event));
+                }
+            })
+            .await;
+    }
+    let (method, params) = request(&cli.command)?;
+    let result = client.call(method, params).await?;
+    if cli.json {
+        println!("{result}");
+    } else {
+        print_human(method, &result);
+    }
+    Ok(())
+}
+
+fn text_of<'a>(value: &'a Value, field: &str) -> &'a str {
+    value.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn describe_event(event: &Value) -> String {
+    let group = short(text_of(event, "group"));
+    let cursor = event.get("cursor").and_then(Value::as_u64).unwrap_or(0);
+    let body = match text_of(event, "kind") {
+        "message" => format!(
+            "{}: {}",
+            short(text_of(event, "sender")),
+            text_of(event, "text")
+        ),
+        "sent" => format!("me: {}", text_of(event, "text")),
+        "joined" => format!("joined (added by {})", short(text_of(event, "by"))),
+        "member_added" => format!(
+            "{} added {}",
+            short(text_of(event, "by")),
+            short(text_of(event, "member"))
+        ),
+        "member_removed" => format!(
+            "{} removed {}",
+            short(text_of(event, "by")),
+            short(text_of(event, "member"))
+        ),
+        "key_updated" => format!("{} updated their keys", short(text_of(event, "member"))),
+        "removed_me" => format!("removed by {}", short(text_of(event, "by"))),
+        "unreadable" => format!(
+            "{}: (a message this device may not read)",
+            short(text_of(event, "sender"))
+        ),
+        other => format!("({other})"),
+    };
+    format!("#{cursor} [{group}] {body}")
+}
+
+fn print_human(method: &str, result: &Value) {
+    match method {
+        "id" => {
+            println!("id:   {}", text_of(result, "id"));
+            println!("card: {}", text_of(result, "card"));
+        }
+        "contact.add" => println!(
+            "added {} ({})",
+            text_of(result, "name"),
+            text_of(result, "id")
+        ),
+        "contact.list" => {
+            for contact in result.as_array().into_iter().flatten() {
+                let verified = if contact.get("verified").and_then(Value::as_bool) == Some(true) {
+                    " (verified)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{}  {}{verified}",
+                    text_of(contact, "id"),
+                    text_of(contact, "name")
+                );
+            }
+        }
+        "group.create" => println!(
+            "created {} ({})",
+            text_of(result, "name"),
+            text_of(result, "id")
+        ),
+        "group.list" => {
+            for group in result.as_array().into_iter().flatten() {
+                println!("{}  {}", text_of(group, "id"), text_of(group, "name"));
+            }
+        }
+        "group.show" => {
+            println!("id:      {}", text_of(result, "id"));
+            println!("name:    {}", text_of(result, "name"));
+            for member in result
+                .get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                println!("member:  {}", member.as_str().unwrap_or(""));
+            }
+        }
+        "read" => {
+            for event in result.as_array().into_iter().flatten() {
+                println!("{}", describe_event(event));
+            }
+        }
+        "status" => {
+            if let Some(fields) = result.as_object() {
+                for (name, value) in fields {
+                    println!("{name}: {value}");
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,104 @@
+//! The OpenAPI document, built from the method table (so it cannot drift from the methods);
+//! a copy is checked in at `docs/openapi.json` and a test keeps it equal.
+
+use serde_json::{Value, json};
+
+use crate::api::METHODS;
+
+pub fn document() -> Value {
+    let error = json!({
+        "description": "A failure: a stable code and a message",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    });
+    let mut paths = serde_json::Map::new();
+    for method in METHODS {
+        paths.insert(
+            format!("/v1/{}", method.name),
+            json!({
+                "post": {
+                    "operationId": method.name,
+                    "summary": method.summary,
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": false,
+                        "content": {"application/json": {"schema": {"type": "object"}}}
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The result",
+                            "content": {"application/json": {"schema": {}}}
+                        },
+                        "400": error, "401": error, "404": error, "409": error,
+                        "413": error, "500": error, "503": error
+                    }
+                }
+            }),
+        );
+    }
+    paths.insert(
+        "/v1/events".to_owned(),
+        json!({
+            "get": {
+                "operationId": "events.stream",
+                "summary": "Server-Sent Events: stored events after the cursor, then live ones. Each event's id is its cursor; reconnect with Last-Event-ID to resume.",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "400": error, "401": error
+                }
+            }
+        }),
+    );
+    paths.insert(
+        "/v1/openapi.json".to_owned(),
+        json!({
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Digital Spring local API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The dspring daemon's API, on loopback only. Every method is POST /v1/<method> with JSON parameters; the bearer token is the file api-token in the data directory (mode 0600)."
+        },
+        "paths": Value::Object(paths),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_checked_in_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let generated = serde_json::to_string_pretty(&super::document()).unwrap() + "\n";
+        if std::env::var_os("DSPRING_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json is out of date: run DSPRING_WRITE_OPENAPI=1 cargo test -p dspring openapi"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Two real daemons (separate processes and data directories, real libp2p on loopback), driven
+//! through the `dspring` binary and the HTTP API: contact exchange, a group, messages both
+//! ways, `follow`, the event stream resumed after a restart, and the API's errors.
+
+// Test code: a failed expectation is a test failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Daemon {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Self {
+        let _ = std::fs::remove_file(dir.join("api-address"));
+        let child = Command::new(env!("CARGO_BIN_EXE_dspring"))
+            .args(["--data-dir", dir.to_str().unwrap(), "daemon"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !dir.join("api-address").exists() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            dir: dir.to_owned(),
+            child,
+        }
+    }
+
+    /// Runs `dspring --json <args>` against this daemon; its exit code and stdout as JSON.
+    fn cli(&self, args: &[&str]) -> (i32, Value) {
+        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
+            .args(["--data-dir", self.dir.to_str().unwrap(), "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+        (output.status.code().unwrap_or(-1), value)
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        let (code, value) = self.cli(args);
+        assert_eq!(code, 0, "dspring {args:?} failed");
+        value
+    }
+
+    /// Stops the daemon with SIGTERM and waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "the daemon exits cleanly on SIGTERM: {status}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !self.dir.join("api-address").exists(),
+            "a stopped daemon removes its address"
+        );
+    }
+
+    fn address(&self) -> String {
+        std::fs::read_to_string(self.dir.join("api-address")).unwrap()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("api-token")).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn texts(daemon: &Daemon, group: &str) -> Vec<String> {
+    daemon
+        .ok(&["read", group, "--limit", "100"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// A raw HTTP call: status and JSON body.
+fn http(daemon: &Daemon, path: &str, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{}{path}", daemon.address()))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let value = response.json().await.unwrap_or(Value::Null);
+        (status, value)
+    })
+}
+
+#[test]
+fn two_daemons_talk_through_the_cli_and_the_api() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = Daemon::start(dirs[0].path());
+    let bob = Daemon::start(dirs[1].path());
+
+    // The token is the owner's only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dirs[0].path().join("api-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Contact exchange, as people would: each prints a card, the other adds it.
+    let alice_id = alice.ok(&["id"]);
+    let bob_id = bob.ok(&["id"]);
+    assert_eq!(alice_id["id"].as_str().unwrap().len(), 64);
+    bob.ok(&[
+        "contact",
+        "add",
+        alice_id["card"].as_str().unwrap(),
+        "--name",
+        "alice",
+    ]);
+    let added = alice.ok(&[
+        "contact",
+        "add",
+        bob_id["card"].as_str().unwrap(),
+        "--name",
+        "bob",
+    ]);
+    assert_eq!(added["id"], bob_id["id"]);
+    let contacts = alice.ok(&["contact", "list"]);
+    assert_eq!(
+        contacts,
+        json!([{"id": bob_id["id"], "name": "bob", "verified": false}])
+    );
+
+    // A group by name, members by contact name.
+    let group = alice.ok(&["group", "create", "friends", "--member", "bob"]);
+    let group_id = group["id"].as_str().unwrap().to_owned();
+    until("bob joins", || {
+        bob.ok(&["group", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == group_id.as_str() && g["name"] == "friends")
+    });
+    let shown = bob.ok(&["group", "show", "friends"]);
+    let mut members: Vec<&str> = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    members.sort_unstable();
+    let mut expected = vec![
+        alice_id["id"].as_str().unwrap(),
+        bob_id["id"].as_str().unwrap(),
+    ];
+    expected.sort_unstable();
+    assert_eq!(members, expected);
+
+    // Bob follows his events as NDJSON while the two talk both ways.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args([
+            "--data-dir",
+            dirs[1].path().to_str().unwrap(),
+            "--json",
+            "follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    alice.ok(&["send", "friends", "hello bob"]);
+    until("bob reads alice", || {
+        texts(&bob, "friends").contains(&"hello bob".to_owned())
+    });
+    bob.ok(&["send", &group_id, "hello alice"]);
+    until("alice reads bob", || {
+        texts(&alice, "friends") == ["hello bob", "hello alice"]
+    });
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut followed = Vec::new();
+    while !followed.contains(&"hello alice".to_owned()) {
+        let line = lines.next().unwrap().unwrap();
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert!(event["cursor"].as_u64().unwrap() > 0);
+        assert_eq!(event["group"], group_id.as_str());
+        if let Some(text) = event["text"].as_str() {
+            followed.push(text.to_owned());
+        }
+    }
+    assert_eq!(followed, ["hello bob", "hello alice"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let read = bob.ok(&["read", "friends"]);
+    assert_eq!(read[0]["kind"], "message");
+    assert_eq!(read[0]["sender"], alice_id["id"]);
+    assert_eq!(read[1]["kind"], "sent");
+    let last_cursor = read[1]["cursor"].as_u64().unwrap();
+
+    // Errors: a stable code and exit code 1.
+    let (code, _) = alice.cli(&["send", "no such group", "x"]);
+    assert_eq!(code, 1);
+    let token = alice.token();
+    let (status, body) = http(&alice, "/v1/status", None, b"{}".to_vec());
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, body) = http(&alice, "/v1/status", Some(&"0".repeat(64)), b"{}".to_vec());
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, body) = http(&alice, "/v1/send", Some(&token), b"{not json".to_vec());
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_json")));
+    let (status, body) = http(
+        &alice,
+        "/v1/send",
+        Some(&token),
+        br#"{"group": 5}"#.to_vec(),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_params"))
+    );
+    let unknown = json!({"group": "0".repeat(64), "text": "x"}).to_string();
+    let (status, body) = http(&alice, "/v1/send", Some(&token), unknown.into_bytes());
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_group"))
+    );
+    let (status, body) = http(&alice, "/v1/nonsense", Some(&token), b"{}".to_vec());
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_method"))
+    );
+    let huge = vec![b' '; 1 << 20];
+    let (status, body) = http(&alice, "/v1/status", Some(&token), huge);
+    assert_eq!((status, body["code"].as_str()), (413, Some("too_large")));
+    // And the daemon still answers.
+    assert_eq!(alice.ok(&["status"])["groups"], 1);
+
+    // Bob's daemon restarts; his event stream resumes after the last event he saw.
+    bob.stop();
+    let bob = Daemon::start(dirs[1].path());
+    alice.ok(&["send", "friends", "after the restart"]);
+    until("bob has the message sent after his restart", || {
+        texts(&bob, "friends").contains(&"after the restart".to_owned())
+    });
+    let resumed = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args([
+            "--data-dir",
+            dirs[1].path().to_str().unwrap(),
+            "--json",
+            "follow",
+        ])
+        .args(["--after", &last_cursor.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut resumed = resumed;
+    let mut lines = BufReader::new(resumed.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["cursor"].as_u64().unwrap() > last_cursor);
+    let mut seen = vec![first];
+    while !seen.iter().any(|e| e["text"] == "after the restart") {
+        seen.push(serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap());
+    }
+    assert!(
+        seen.iter()
+            .all(|e| e["text"] != "hello bob" && e["text"] != "hello alice"),
+        "nothing before the cursor comes again: {seen:?}"
+    );
+    let _ = resumed.kill();
+    let _ = resumed.wait();
+    bob.stop();
+    alice.stop();
+}
