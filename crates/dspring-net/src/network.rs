@@ -29,6 +29,10 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const MAX_PENDING_INBOUND: usize = 4096;
 /// Connections with nothing to do close after this: idle groups keep no connections open.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers the node asked to connect to and is still trying: each gets one DHT lookup when
+/// its known addresses fail. A node wants its groups' ring and a few members, so a few
+/// thousand covers many groups.
+pub const MAX_WANTED: usize = 4096;
 /// Peers being looked up in the DHT to connect to them; beyond this, new requests wait for
 /// the next round (the node asks again).
 pub const MAX_LOOKUPS: usize = 256;
@@ -383,6 +387,7 @@ pub fn spawn(
         sync: Exchange::new(),
         mailbox: Exchange::new(),
         lookups: std::collections::HashSet::new(),
+        wanted: HashMap::new(),
         registry,
         sync_sent: 0,
         record_check,
@@ -410,6 +415,10 @@ struct Task {
     mailbox: Exchange<MailboxRequest, MailboxResponse>,
     /// Peers wanted and looked up in the DHT, to dial once found.
     lookups: std::collections::HashSet<PeerId>,
+    /// Peers the node asked to connect to, until connected, and whether they were looked up
+    /// already: when a dial to the addresses we had fails (the peer restarted on another
+    /// port, or moved), one DHT lookup finds where it is now.
+    wanted: HashMap<PeerId, bool>,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
     /// Envelope bytes sent in sync answers (see [`Traffic::sync_sent`]).
@@ -510,9 +519,12 @@ impl Task {
                 if self.swarm.is_connected(&peer) || self.lookups.contains(&peer) {
                     return;
                 }
-                if self.swarm.dial(peer).is_err() && self.lookups.len() < MAX_LOOKUPS {
-                    self.lookups.insert(peer);
-                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                let dialed = self.swarm.dial(peer).is_ok();
+                if self.wanted.len() < MAX_WANTED {
+                    self.wanted.entry(peer).or_insert(false);
+                }
+                if !dialed {
+                    self.look_up(peer);
                 }
             }
             Command::AddAddress(peer, address) => {
@@ -654,6 +666,22 @@ impl Task {
         }
     }
 
+    /// Starts a DHT lookup of a wanted peer (at most once per wish, and within the bound).
+    fn look_up(&mut self, peer: PeerId) {
+        if self.lookups.contains(&peer) || self.lookups.len() >= MAX_LOOKUPS {
+            return;
+        }
+        if let Some(looked_up) = self.wanted.get_mut(&peer) {
+            if *looked_up {
+                self.wanted.remove(&peer);
+                return;
+            }
+            *looked_up = true;
+        }
+        self.lookups.insert(peer);
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+    }
+
     /// Handles one swarm event; `Err` when the node is gone.
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
         let out = match event {
@@ -662,7 +690,17 @@ impl Task {
                 peer_id,
                 num_established,
                 ..
-            } if num_established.get() == 1 => Some(Event::Connected(peer_id)),
+            } if num_established.get() == 1 => {
+                self.wanted.remove(&peer_id);
+                Some(Event::Connected(peer_id))
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } if self.wanted.contains_key(&peer) && !self.swarm.is_connected(&peer) => {
+                self.look_up(peer);
+                None
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,

@@ -410,16 +410,12 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Request::Add(group, member, reply) => {
-                let result = match self.store.contact(&member) {
-                    Ok(Some(Contact {
-                        bundle: Some(bundle),
-                        ..
-                    })) => {
+                let result = match self.take_bundle(&member) {
+                    Ok(bundle) => {
                         self.local(group, |g, device, rng| Ok(g.add(device, &bundle, rng)?))
                             .await
                     }
-                    Ok(_) => Err(NodeError::UnknownContact(member)),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
                 if result.is_ok() {
                     self.deposit_welcomes(member);
@@ -818,6 +814,27 @@ impl Actor {
         Ok(())
     }
 
+    /// A contact's prekey bundle for a welcome. Its one-time prekey is good for one welcome
+    /// only (the device deletes it on first use, so a second welcome made with it could never
+    /// be opened): the contact is stored without it before it is used, so that a crash cannot
+    /// lead to a second use; later welcomes use the signed prekey alone.
+    fn take_bundle(
+        &mut self,
+        member: &MemberId,
+    ) -> Result<dspring_proto::identity::PrekeyBundle, NodeError> {
+        let Some(mut contact) = self.store.contact(member)? else {
+            return Err(NodeError::UnknownContact(*member));
+        };
+        let Some(bundle) = contact.bundle.clone() else {
+            return Err(NodeError::UnknownContact(*member));
+        };
+        if let Some(stored) = contact.bundle.as_mut().filter(|b| b.one_time.is_some()) {
+            stored.one_time = None;
+            self.store.put_contact(&contact)?;
+        }
+        Ok(bundle)
+    }
+
     async fn create_group(
         &mut self,
         name: &str,
@@ -826,13 +843,7 @@ impl Actor {
         check_name(name)?;
         let mut bundles = Vec::with_capacity(members.len());
         for member in members {
-            match self.store.contact(member)? {
-                Some(Contact {
-                    bundle: Some(bundle),
-                    ..
-                }) => bundles.push(bundle),
-                _ => return Err(NodeError::UnknownContact(*member)),
-            }
+            bundles.push(self.take_bundle(member)?);
         }
         let id = GroupId(random_seed()?);
         let staged = Group::create(&self.device, id, &bundles, &mut self.rng)?;

@@ -125,3 +125,23 @@ async fn three_nodes_chat_and_a_returning_member_catches_up() {
     .await
     .expect("the event stream did not end with the node");
 }
+
+/// A contact's card carries one one-time prekey, which its device deletes on first use: a
+/// second group made from the same card must not use it again, or the welcome cannot be opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_contact_card_welcomes_into_several_groups() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(dirs[0].path()).await;
+    let b = start(dirs[1].path()).await;
+    introduce(&[&a, &b]).await;
+    let first = a.create_group("first", &[b.id()]).await.unwrap();
+    let second = a.create_group("second", &[b.id()]).await.unwrap();
+    let third = a.create_group("third", &[]).await.unwrap();
+    a.add(third, b.id()).await.unwrap();
+    for group in [first, second, third] {
+        until("B joins every group", async || {
+            b.groups().await.unwrap().contains(&group)
+        })
+        .await;
+    }
+}

@@ -4,6 +4,7 @@
 mod api;
 mod client;
 mod daemon;
+mod demo;
 mod home;
 mod openapi;
 
@@ -59,6 +60,9 @@ enum Command {
         #[arg(long)]
         listen: Vec<String>,
     },
+    /// Runs a small real network on loopback (five nodes, one a mailbox) through a narrated
+    /// scenario; exits 0 only if every check held.
+    Demo,
     /// This node's member id and contact card.
     Id,
     /// People this node knows.
@@ -151,6 +155,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if let Command::Demo = cli.command {
+        return match demo::run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("demo failed: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let home = match Home::locate(cli.data_dir.clone(), &cli.profile) {
         Ok(home) => home,
         Err(error) => {
@@ -189,7 +202,7 @@ async fn run(cli: Cli) -> ExitCode {
 /// The method and parameters a command calls.
 fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
     Ok(match command {
-        Command::Daemon { .. } | Command::Follow { .. } => {
+        Command::Daemon { .. } | Command::Demo | Command::Follow { .. } => {
             return Err(ClientError::BadAnswer("not a method".into()));
         }
         Command::Id => ("id", json!({})),
