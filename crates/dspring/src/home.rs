@@ -75,8 +75,12 @@ impl Home {
         self.dir.join(NODE_DIR)
     }
 
-    /// Creates the directory (owner-only) if needed.
+    /// Creates the directory, owner-only, if it does not exist (an existing one, perhaps
+    /// given with `--data-dir`, keeps its permissions; the token file is 0600 either way).
     pub fn create(&self) -> Result<(), HomeError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| self.io(&self.dir, e))
