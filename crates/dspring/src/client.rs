@@ -6,9 +6,9 @@ use serde_json::Value;
 
 use crate::home::{Home, HomeError};
 
-/// Longest event line the client accepts from the daemon's stream (an event carries at most
-/// one message, JSON-escaped).
-const MAX_EVENT_LINE: usize = 4 * crate::api::MAX_MESSAGE_BYTES;
+/// Longest event line the client accepts from the daemon's stream: an event carries at most
+/// one message, JSON-escaped (a control character takes six bytes).
+const MAX_EVENT_LINE: usize = 6 * crate::api::MAX_MESSAGE_BYTES + 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -87,9 +87,13 @@ impl Client {
         })
     }
 
-    /// Follows the event stream from `after`, calling `each` with every event (its JSON);
-    /// returns when the daemon ends the stream.
-    pub async fn follow(&self, after: u64, mut each: impl FnMut(Value)) -> Result<(), ClientError> {
+    /// Follows the event stream from `after`, calling `each` with every event (its JSON)
+    /// until it returns false or the daemon ends the stream.
+    pub async fn follow(
+        &self,
+        after: u64,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> Result<(), ClientError> {
         let response = self
             .http
             .get(format!("http://{}/v1/events?after={after}", self.address))
@@ -98,10 +102,17 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
-            return Err(ClientError::BadAnswer(format!(
-                "the event stream answered {}",
-                response.status()
-            )));
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let field = |name: &str| {
+                body.get(name)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            return Err(ClientError::Api {
+                code: field("code"),
+                message: field("message"),
+            });
         }
         let mut bytes = response.bytes_stream();
         let mut line: Vec<u8> = Vec::new();
@@ -118,7 +129,9 @@ impl Client {
                 if let Some(data) = line.strip_prefix(b"data:") {
                     let event: Value = serde_json::from_slice(data.trim_ascii())
                         .map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-                    each(event);
+                    if !each(event) {
+                        return Ok(());
+                    }
                 }
                 line.clear();
             }

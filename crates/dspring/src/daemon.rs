@@ -20,13 +20,17 @@ use subtle::ConstantTimeEq;
 use crate::api::{self, ApiError};
 use crate::home::Home;
 
-/// Largest request body: a message at its bound, JSON-escaped, with room for the rest.
-pub const MAX_REQUEST_BYTES: usize = 2 * api::MAX_MESSAGE_BYTES + 4096;
+/// Largest request body: a message at its bound, JSON-escaped (a control character takes six
+/// bytes), with room for the rest.
+pub const MAX_REQUEST_BYTES: usize = 6 * api::MAX_MESSAGE_BYTES + 4096;
 
 #[derive(Clone)]
 struct App {
     node: Node,
     token: Arc<String>,
+    /// Flips to true at shutdown: open event streams end, or the graceful shutdown, which
+    /// waits for every connection, would wait for them forever.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub struct Options {
     /// The API's port on 127.0.0.1; 0 picks a free one.
     pub api_port: u16,
     pub mailbox: bool,
+    /// Discover peers on the local network.
+    pub mdns: bool,
     /// libp2p listen addresses; empty keeps the node's defaults.
     pub listen: Vec<String>,
 }
@@ -61,6 +67,7 @@ pub async fn run(home: &Home, options: Options) -> Result<(), DaemonError> {
             .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
             .collect::<Result<_, _>>()?;
     }
+    config.mdns = options.mdns;
     if options.mailbox {
         config.mailbox = Some(dspring_node::MailboxConfig::default());
     }
@@ -74,12 +81,17 @@ pub async fn run(home: &Home, options: Options) -> Result<(), DaemonError> {
     let address = listener.local_addr().map_err(DaemonError::Listen)?;
     home.write_address(address)?;
     tracing::info!(%address, data = %home.dir().display(), id = %api::member_hex(&node.id()), "daemon ready");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let app = App {
         node: node.clone(),
         token: Arc::new(token),
+        stopping,
     };
     let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
         .await;
     home.remove_address();
     let stopped = node.stop().await;
@@ -182,11 +194,18 @@ struct EventsQuery {
 async fn events(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(error) = authorize(&app, &headers) {
         return error_response(error);
     }
+    let Ok(Query(query)) = query else {
+        return error_response(ApiError::new(
+            400,
+            "invalid_params",
+            "`after` is an event cursor (a number)",
+        ));
+    };
     let from_header = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -202,7 +221,11 @@ async fn events(
         }
         None => query.after.unwrap_or(0),
     };
-    Sse::new(event_stream(&app.node, after))
+    let mut stopping = app.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    Sse::new(event_stream(&app.node, after).take_until(stopped))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

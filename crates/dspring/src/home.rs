@@ -113,10 +113,13 @@ impl Home {
     /// The API token the daemon of this profile accepts.
     pub fn token(&self) -> Result<String, HomeError> {
         let path = self.dir.join(TOKEN_FILE);
-        let size = std::fs::metadata(&path)
-            .map_err(|e| self.io(&path, e))?
-            .len();
-        if size > MAX_TOKEN_FILE {
+        let metadata = std::fs::symlink_metadata(&path).map_err(|e| self.io(&path, e))?;
+        // Only a plain file nobody else can read or write: a token another user could plant
+        // or read would hand them the daemon.
+        if !metadata.is_file()
+            || metadata.len() > MAX_TOKEN_FILE
+            || metadata.permissions().mode() & 0o077 != 0
+        {
             return Err(HomeError::BadToken(path));
         }
         let token = std::fs::read_to_string(&path).map_err(|e| self.io(&path, e))?;

@@ -8,7 +8,7 @@ mod demo;
 mod home;
 mod openapi;
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,6 +55,9 @@ enum Command {
         /// Also serve as a mailbox for this node's contacts.
         #[arg(long)]
         mailbox: bool,
+        /// No mDNS discovery on the local network.
+        #[arg(long)]
+        no_mdns: bool,
         /// A libp2p address to listen on, repeatable (default: any free TCP and QUIC port
         /// on every interface), e.g. `/ip4/0.0.0.0/tcp/4001`.
         #[arg(long)]
@@ -73,9 +76,11 @@ enum Command {
     Group(GroupCommand),
     /// Sends a message to a group (`-` reads it from standard input).
     Send { group: String, text: String },
-    /// A group's messages.
+    /// A group's messages after event cursor `--after` (the cursor is the `#` number shown).
     Read {
         group: String,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
@@ -174,12 +179,14 @@ async fn run(cli: Cli) -> ExitCode {
     if let Command::Daemon {
         api_port,
         mailbox,
+        no_mdns,
         listen,
     } = &cli.command
     {
         let options = daemon::Options {
             api_port: *api_port,
             mailbox: *mailbox,
+            mdns: !*no_mdns,
             listen: listen.clone(),
         };
         return match daemon::run(&home, options).await {
@@ -237,7 +244,14 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
             };
             ("send", json!({ "group": group, "text": text }))
         }
-        Command::Read { group, limit } => ("read", json!({ "group": group, "limit": limit })),
+        Command::Read {
+            group,
+            after,
+            limit,
+        } => (
+            "read",
+            json!({ "group": group, "after": after, "limit": limit }),
+        ),
         Command::Status => ("status", json!({})),
     })
 }
@@ -246,13 +260,17 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
     let client = Client::connect(home)?;
     if let Command::Follow { after } = cli.command {
         let json = cli.json;
+        // A closed stdout (`dspring follow | head -1`) ends the command quietly: println!
+        // would panic.
+        let mut out = std::io::stdout().lock();
         return client
             .follow(after, |event| {
-                if json {
-                    println!("{event}");
+                let line = if json {
+                    event.to_string()
                 } else {
-                    println!("{}", describe_event(&event));
-                }
+                    describe_event(&event)
+                };
+                writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
             })
             .await;
     }
