@@ -308,7 +308,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
     match name {
         "id" => {
             let card = node.contact().await?;
-            json(serde_json::json!({
+            Ok(serde_json::json!({
                 "id": member_hex(&node.id()),
                 "card": card.to_text(),
             }))
@@ -318,7 +318,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             let card = ContactCard::from_text(p.card.trim()).map_err(ApiError::params)?;
             let member = card.member;
             node.add_contact(card, &p.name).await?;
-            json(serde_json::json!({ "id": member_hex(&member), "name": p.name }))
+            Ok(serde_json::json!({ "id": member_hex(&member), "name": p.name }))
         }
         "contact.list" => {
             let contacts: Vec<Value> = node
@@ -361,7 +361,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             let p: GroupRef = parse(params)?;
             let id = resolve_group(node, &p.group).await?;
             let members: Vec<String> = node.members(id).await?.iter().map(member_hex).collect();
-            json(serde_json::json!({
+            Ok(serde_json::json!({
                 "id": hex::encode(id.as_bytes()),
                 "name": node.group_name(id).await?,
                 "members": members,
@@ -376,13 +376,13 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             } else {
                 node.remove(id, member).await?;
             }
-            json(serde_json::json!({}))
+            Ok(serde_json::json!({}))
         }
         "group.update" => {
             let p: GroupRef = parse(params)?;
             let id = resolve_group(node, &p.group).await?;
             node.update(id).await?;
-            json(serde_json::json!({}))
+            Ok(serde_json::json!({}))
         }
         "send" => {
             let p: Send = parse(params)?;
@@ -395,7 +395,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             }
             let id = resolve_group(node, &p.group).await?;
             node.send(id, p.text.as_bytes()).await?;
-            json(serde_json::json!({}))
+            Ok(serde_json::json!({}))
         }
         "read" => {
             let p: Read = parse(params)?;
@@ -422,7 +422,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
         }
         "status" => {
             let traffic = node.traffic().await?;
-            json(serde_json::json!({
+            Ok(serde_json::json!({
                 "id": member_hex(&node.id()),
                 "groups": node.groups().await?.len(),
                 "contacts": node.contacts().await?.len(),

@@ -36,6 +36,20 @@ impl ClientError {
     }
 }
 
+/// The daemon's error body (`code`, `message`) as an error.
+fn api_error(body: &Value) -> ClientError {
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    ClientError::Api {
+        code: field("code"),
+        message: field("message"),
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     address: std::net::SocketAddr,
@@ -75,16 +89,7 @@ impl Client {
         if ok {
             return Ok(body);
         }
-        let field = |name: &str| {
-            body.get(name)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        Err(ClientError::Api {
-            code: field("code"),
-            message: field("message"),
-        })
+        Err(api_error(&body))
     }
 
     /// Follows the event stream from `after`, calling `each` with every event (its JSON)
@@ -103,16 +108,7 @@ impl Client {
             .map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            let field = |name: &str| {
-                body.get(name)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            return Err(ClientError::Api {
-                code: field("code"),
-                message: field("message"),
-            });
+            return Err(api_error(&body));
         }
         let mut bytes = response.bytes_stream();
         let mut line: Vec<u8> = Vec::new();

@@ -103,7 +103,9 @@ pub async fn run(home: &Home, options: Options) -> Result<(), DaemonError> {
 
 fn router(app: App) -> Router {
     Router::new()
-        .route("/v1/events", get(events))
+        // The stream and the `events` method (one page) share a path: a fixed route would
+        // otherwise take POST away from `/v1/{method}`.
+        .route("/v1/events", get(events).post(events_page))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/{method}", post(method))
         .fallback(|| async { error_response(ApiError::new(404, "not_found", "no such endpoint")) })
@@ -152,7 +154,15 @@ async fn method(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match method_inner(&app, &name, &headers, body).await {
+    respond(method_inner(&app, &name, &headers, body).await)
+}
+
+async fn events_page(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    respond(method_inner(&app, "events", &headers, body).await)
+}
+
+fn respond(result: Result<serde_json::Value, ApiError>) -> Response {
+    match result {
         Ok(value) => axum::Json(value).into_response(),
         Err(error) => error_response(error),
     }

@@ -35,24 +35,29 @@ pub fn document() -> Value {
             }),
         );
     }
-    paths.insert(
-        "/v1/events".to_owned(),
-        json!({
-            "get": {
-                "operationId": "events.stream",
-                "summary": "Server-Sent Events: stored events after the cursor, then live ones. Each event's id is its cursor; reconnect with Last-Event-ID to resume.",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    "400": error, "401": error
-                }
-            }
-        }),
-    );
+    // The stream shares its path with the `events` method (POST, one page): one path item,
+    // both operations.
+    let stream = json!({
+        "operationId": "events.stream",
+        "summary": "Server-Sent Events: stored events after the cursor, then live ones. Each event's id is its cursor; reconnect with Last-Event-ID to resume.",
+        "security": [{"bearer": []}],
+        "parameters": [
+            {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+            {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            "400": error, "401": error
+        }
+    });
+    match paths.get_mut("/v1/events").and_then(Value::as_object_mut) {
+        Some(item) => {
+            item.insert("get".to_owned(), stream);
+        }
+        None => {
+            paths.insert("/v1/events".to_owned(), json!({ "get": stream }));
+        }
+    }
     paths.insert(
         "/v1/openapi.json".to_owned(),
         json!({

@@ -314,6 +314,31 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     }
     // And the daemon still answers.
     assert_eq!(alice.ok(&["status"])["groups"], 1);
+    // Every method the API document names is one the daemon dispatches (the table and the
+    // dispatch cannot drift apart): called without parameters, none is an unknown method.
+    let document: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let methods: Vec<&String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, operations)| operations.get("post").is_some())
+        .map(|(path, _)| path)
+        .collect();
+    assert!(methods.len() >= 13, "{methods:?}");
+    for path in methods {
+        let (status, body) = http(&alice, path, Some(&token), b"{}".to_vec());
+        assert!(
+            status == 200 || body["code"] == "invalid_params",
+            "{path}: {status} {body}"
+        );
+    }
 
     // Bob's daemon restarts; his event stream resumes after the last event he saw.
     bob.stop();
