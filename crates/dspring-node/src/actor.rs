@@ -453,6 +453,14 @@ impl Actor {
                 });
                 let _ = reply.send(contacts.map_err(NodeError::from));
             }
+            Request::SetVerified(member, verified, reply) => {
+                let result = match self.store.set_contact_verified(&member, verified) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(NodeError::UnknownContact(member)),
+                    Err(error) => Err(NodeError::from(error)),
+                };
+                let _ = reply.send(result);
+            }
             Request::Messages(group, after, limit, reply) => {
                 let _ = reply.send(visible(after, |after| {
                     self.store.messages(&group, after, limit)
@@ -804,10 +812,16 @@ impl Actor {
         }
         let mailboxes: Vec<MemberId> = card.mailboxes.iter().map(|m| m.member).collect();
         self.store.set_contact_mailboxes(&card.member, &mailboxes)?;
+        // A new card of the same key (new addresses, new prekeys) keeps the verification:
+        // the safety number comes from the key alone.
+        let verified = self
+            .store
+            .contact(&card.member)?
+            .is_some_and(|known| known.verified);
         self.store.put_contact(&Contact {
             member: card.member,
             display_name: name,
-            verified: false,
+            verified,
             addresses: card.addresses,
             bundle: Some(card.bundle),
         })?;
@@ -1411,29 +1425,20 @@ impl Actor {
 
     /// Asks `peer` for what this node lacks of `group`, one page, in the background.
     fn request_sync(&self, group: GroupId, peer: PeerId, token: u64) {
-        let marks = if self.groups.contains_key(&group) {
-            self.store.sender_marks(&group).map(|marks| {
-                marks
-                    .into_iter()
-                    .map(|m| Mark {
-                        sender: m.sender,
-                        control_seq: m.control_seq,
-                        application: m.application,
-                    })
-                    .collect()
-            })
+        let held = if self.groups.contains_key(&group) {
+            self.store.sync_marks(&group)
         } else {
-            self.store.mailbox_marks(&group).map(|marks| {
-                marks
-                    .into_iter()
-                    .map(|(sender, (control_seq, application))| Mark {
-                        sender,
-                        control_seq,
-                        application,
-                    })
-                    .collect()
-            })
+            self.store.mailbox_marks(&group)
         };
+        let marks = held.map(|held| {
+            held.into_iter()
+                .map(|(sender, (control_seq, application))| Mark {
+                    sender,
+                    control_seq,
+                    application,
+                })
+                .collect()
+        });
         let Ok(mut marks): Result<Vec<Mark>, _> = marks else {
             return;
         };

@@ -54,6 +54,7 @@ mod actor;
 mod card;
 mod content;
 pub mod record;
+mod safety;
 
 use std::path::PathBuf;
 
@@ -64,6 +65,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_net::Traffic;
+pub use safety::{safety_number, same_safety_number};
 
 /// A person this node knows, as the API shows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +86,9 @@ pub const COMMAND_QUEUE: usize = 256;
 /// reads: 256 covers a busy second of a large group, and the buffer is allocated whole per
 /// node (1024 was 150 KB of every node's memory).
 pub const LIVE_EVENTS: usize = 256;
+/// Stored events an event stream reads ahead: 32 messages at the plaintext bound are 8 MiB,
+/// the most one subscriber holds (a page of the store's maximum would be 256 MiB).
+pub const EVENT_STREAM_PAGE: usize = 32;
 /// One-time prekeys a new device starts with.
 pub const INITIAL_ONE_TIME_PREKEYS: u32 = 100;
 
@@ -179,6 +184,7 @@ pub(crate) enum Request {
     Members(GroupId, Reply<Vec<MemberId>>),
     Groups(Reply<Vec<GroupId>>),
     Contacts(Reply<Vec<Contact>>),
+    SetVerified(MemberId, bool, Reply<()>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
@@ -310,6 +316,13 @@ impl Node {
         self.ask(Request::Contacts).await
     }
 
+    /// Records that this node's user compared safety numbers ([`safety_number`]) with a
+    /// contact (or takes that back).
+    pub async fn set_verified(&self, member: MemberId, verified: bool) -> Result<(), NodeError> {
+        self.ask(|r| Request::SetVerified(member, verified, r))
+            .await
+    }
+
     /// Messages (received and sent) of a group after event cursor `after`.
     pub async fn messages(
         &self,
@@ -349,7 +362,7 @@ impl Node {
                 }
                 let stored = state
                     .node
-                    .events_since(state.cursor, dspring_store::MAX_PAGE)
+                    .events_since(state.cursor, EVENT_STREAM_PAGE)
                     .await
                     .ok()?;
                 if !stored.is_empty() {

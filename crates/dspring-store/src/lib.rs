@@ -45,6 +45,7 @@ mod device;
 mod error;
 mod log;
 mod mailbox;
+mod marks;
 mod schema;
 
 use std::collections::HashMap;

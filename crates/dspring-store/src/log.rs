@@ -8,6 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::apply::{chain_place, envelope_hash, group_place};
 use crate::error::{Corrupt, StoreError};
+use crate::marks::contiguous_marks;
 use crate::{MAX_PAGE, RowKey, Store, from_sql_int, group_id_from, hex, to_sql_int};
 
 /// An event from the local event log.
@@ -206,6 +207,19 @@ impl Store {
             .query_row(params![group_ref, envelope_hash(bytes)], |_| Ok(()))
             .optional()?
             .is_some())
+    }
+
+    /// Per sender, the position up to which the group log holds the sender's stream without
+    /// a hole: what a sync request asks the peer to continue after (`marks.rs`).
+    pub fn sync_marks(&self, group: &GroupId) -> Result<HashMap<ShortId, HeldMark>, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(HashMap::new());
+        };
+        let mut statement = self.conn.prepare_cached(
+            "SELECT sender, control_seq, epoch, idx FROM envelopes
+             WHERE group_ref = ?1 ORDER BY sender",
+        )?;
+        contiguous_marks(statement.query([group_ref])?, "envelopes")
     }
 
     /// Per sender, the highest positions the group log holds.

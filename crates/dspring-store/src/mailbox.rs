@@ -11,6 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use crate::apply::{envelope_hash, sql_position};
 use crate::error::{Corrupt, StoreError};
 use crate::log::{HeldMark, LogEntry, lacking, page};
+use crate::marks::contiguous_marks;
 use crate::{Store, from_sql_int, group_id_from, hex, to_sql_int};
 
 /// What a mailbox tells a returning owner.
@@ -170,41 +171,14 @@ impl Store {
     }
 
     /// What a served group's mailbox lacks compared with a peer is what the peer sends: this
-    /// is the mailbox's side, per sender the highest positions held.
+    /// is the mailbox's side, per sender the position up to which it holds the sender's
+    /// stream without a hole (`marks.rs`).
     pub fn mailbox_marks(&self, group: &GroupId) -> Result<HashMap<ShortId, HeldMark>, StoreError> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT sender, max(control_seq), NULL, NULL FROM mailbox_envelopes
-             WHERE group_id = ?1 AND sender IS NOT NULL AND control_seq IS NOT NULL
-             GROUP BY sender
-             UNION ALL
-             SELECT sender, NULL, epoch, max(idx) FROM mailbox_envelopes
-             WHERE group_id = ?1 AND sender IS NOT NULL AND epoch IS NOT NULL
-               AND epoch = (SELECT max(epoch) FROM mailbox_envelopes m
-                            WHERE m.group_id = ?1 AND m.sender = mailbox_envelopes.sender)
-             GROUP BY sender",
+            "SELECT sender, control_seq, epoch, idx FROM mailbox_envelopes
+             WHERE group_id = ?1 AND sender IS NOT NULL ORDER BY sender",
         )?;
-        let mut rows = statement.query([group.as_bytes()])?;
-        let mut marks: HashMap<ShortId, HeldMark> = HashMap::new();
-        while let Some(row) = rows.next()? {
-            let sender: Vec<u8> = row.get(0)?;
-            let key = format!("sender {}", hex(&sender));
-            let sender = <[u8; 8]>::try_from(sender.as_slice())
-                .map(ShortId)
-                .map_err(|_| Corrupt::new("mailbox_envelopes", key.clone(), "bad sender"))?;
-            let entry = marks.entry(sender).or_insert((0, None));
-            if let Some(seq) = row.get::<_, Option<i64>>(1)? {
-                entry.0 = from_sql_int(seq, "mailbox_envelopes", &key)?;
-            }
-            if let (Some(epoch), Some(index)) =
-                (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?)
-            {
-                entry.1 = Some((
-                    from_sql_int(epoch, "mailbox_envelopes", &key)?,
-                    from_sql_int(index, "mailbox_envelopes", &key)?,
-                ));
-            }
-        }
-        Ok(marks)
+        contiguous_marks(statement.query([group.as_bytes()])?, "mailbox_envelopes")
     }
 
     /// A served group's envelopes after position `after` that a peer with these marks lacks;

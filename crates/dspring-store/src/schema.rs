@@ -179,6 +179,13 @@ const MIGRATIONS: &[&str] = &[
         set_by BLOB NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 5: each sender's positions in order, for sync marks that stop at the first hole
+    // (`marks.rs`); covering, so that computing a mark reads only the index.
+    r#"
+    CREATE INDEX envelopes_by_sender ON envelopes(group_ref, sender, control_seq, epoch, idx);
+    CREATE INDEX mailbox_by_sender
+        ON mailbox_envelopes(group_id, sender, control_seq, epoch, idx);
+    "#,
 ];
 
 /// The schema version this build writes.

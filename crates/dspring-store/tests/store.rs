@@ -701,3 +701,49 @@ fn log_lacking_returns_what_the_marks_do_not_cover_in_pages() {
         .unwrap();
     assert_eq!(two, vec![log[1].clone()]);
 }
+
+#[test]
+fn a_hole_in_what_a_mailbox_holds_is_filled_by_the_next_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let p = pair(17);
+    // The peer (Bob) holds the whole log: his join and five messages.
+    let mut peer = open(peer_dir.path());
+    peer.apply(&p.bob_join).unwrap();
+    let mut group = p.bob_join.group.clone();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let staged = group.send(format!("m{i}").as_bytes()).unwrap();
+        sent.push(staged.outbox[0].bytes.clone());
+        peer.apply(&staged).unwrap();
+        group = staged.group;
+    }
+    // The mailbox saw Bob's join (the control message that began his epoch) and every
+    // message but m0 and m2: gossip dropped them.
+    let mut mailbox = open(dir.path());
+    mailbox.mailbox_register(&GROUP, 60_000, 0).unwrap();
+    let ack = p.bob_join.outbox[0].bytes.clone();
+    for bytes in [&p.create, &ack, &sent[1], &sent[3], &sent[4]] {
+        mailbox.mailbox_put(&GROUP, bytes, 1).unwrap();
+    }
+    // Its marks ask for everything from the first hole on; what it has is skipped below.
+    let marks = mailbox.mailbox_marks(&GROUP).unwrap();
+    let (answer, next) = peer
+        .log_lacking(&GROUP, 0, &marks, 100, usize::MAX)
+        .unwrap();
+    assert_eq!(next, None);
+    assert!(answer.contains(&sent[0]) && answer.contains(&sent[2]));
+    for bytes in &answer {
+        mailbox.mailbox_put(&GROUP, bytes, 2).unwrap();
+    }
+    // With the holes filled, the marks cover the whole log and the peer sends nothing.
+    let marks = mailbox.mailbox_marks(&GROUP).unwrap();
+    let (nothing, _) = peer
+        .log_lacking(&GROUP, 0, &marks, 100, usize::MAX)
+        .unwrap();
+    assert!(nothing.is_empty(), "{} envelopes sent again", nothing.len());
+    // The member's own marks over a complete log ask for nothing either.
+    let own = peer.sync_marks(&GROUP).unwrap();
+    let (nothing, _) = peer.log_lacking(&GROUP, 0, &own, 100, usize::MAX).unwrap();
+    assert!(nothing.is_empty());
+}

@@ -2,7 +2,9 @@
 //! parameters and a JSON result. The CLI calls the same methods, so every CLI command is an
 //! API call.
 
-use dspring_node::{ContactCard, Node, NodeError, NodeEvent};
+use dspring_node::{
+    Contact, ContactCard, Node, NodeError, NodeEvent, safety_number, same_safety_number,
+};
 use dspring_proto::{Event, GroupId, MemberId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,6 +15,12 @@ pub const MAX_MESSAGE_BYTES: usize = dspring_proto::envelope::MAX_PLAINTEXT_LEN 
 pub const MAX_READ: usize = 1000;
 /// Most events one page of `events` returns.
 pub const MAX_EVENTS_PAGE: usize = 1000;
+/// Most bytes of JSON one `read` or `events` page holds (but always at least one event): a
+/// page of large messages ends early and the client goes on from its last cursor, so one
+/// request never holds more than this (a thousand messages at their bound would be 256 MiB).
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+/// Events asked of the node at a time while a page fills: 16 at their bound are 4 MiB.
+const FETCH_CHUNK: usize = 16;
 
 /// One method of the API.
 #[derive(Debug)]
@@ -33,6 +41,15 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "contact.list",
         summary: "The contacts of this node.",
+    },
+    Method {
+        name: "contact.show",
+        summary: "A contact's id, name, verification and the safety number to compare with them.",
+    },
+    Method {
+        name: "contact.verify",
+        summary: "Marks a contact verified if the safety number they read out matches \
+                  (or, with `undo`, not verified).",
     },
     Method {
         name: "group.create",
@@ -126,6 +143,22 @@ impl From<NodeError> for ApiError {
 struct ContactAdd {
     card: String,
     name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactRef {
+    contact: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactVerify {
+    contact: String,
+    #[serde(default)]
+    safety_number: Option<String>,
+    #[serde(default)]
+    undo: bool,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +336,43 @@ async fn resolve_member(node: &Node, reference: &str) -> Result<MemberId, ApiErr
     }
 }
 
+/// Up to `limit` events after cursor `after`, fetched a few at a time, ending early once
+/// [`MAX_PAGE_BYTES`] of JSON are held.
+async fn bounded_page<F, Fut>(mut after: u64, limit: usize, mut fetch: F) -> Result<Value, ApiError>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<NodeEvent>, NodeError>>,
+{
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    while page.len() < limit {
+        let chunk = fetch(after, FETCH_CHUNK.min(limit - page.len())).await?;
+        let Some(last) = chunk.last() else {
+            break;
+        };
+        after = last.cursor;
+        for stored in &chunk {
+            let event = json(api_event(stored))?;
+            bytes += event.to_string().len();
+            if !page.is_empty() && bytes > MAX_PAGE_BYTES {
+                return Ok(Value::Array(page));
+            }
+            page.push(event);
+        }
+    }
+    Ok(Value::Array(page))
+}
+
+/// A contact named by their id (hex) or name.
+async fn resolve_contact(node: &Node, reference: &str) -> Result<Contact, ApiError> {
+    let member = resolve_member(node, reference).await?;
+    node.contacts()
+        .await?
+        .into_iter()
+        .find(|c| c.member == member)
+        .ok_or_else(|| ApiError::unknown_contact(reference))
+}
+
 /// Runs method `name` with `params` on the node.
 pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiError> {
     match name {
@@ -334,6 +404,45 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 })
                 .collect();
             json(contacts)
+        }
+        "contact.show" => {
+            let p: ContactRef = parse(params)?;
+            let contact = resolve_contact(node, &p.contact).await?;
+            Ok(serde_json::json!({
+                "id": member_hex(&contact.member),
+                "name": contact.name,
+                "verified": contact.verified,
+                "safety_number": safety_number(&node.id(), &contact.member),
+            }))
+        }
+        "contact.verify" => {
+            let p: ContactVerify = parse(params)?;
+            let contact = resolve_contact(node, &p.contact).await?;
+            let verified = match (p.undo, p.safety_number) {
+                (true, None) => false,
+                (false, Some(typed)) => {
+                    let number = safety_number(&node.id(), &contact.member);
+                    if !same_safety_number(&number, &typed) {
+                        return Err(ApiError::new(
+                            409,
+                            "mismatch",
+                            format!(
+                                "the safety numbers differ: {} is not verified; the card you \
+                                 hold may not be theirs",
+                                contact.name
+                            ),
+                        ));
+                    }
+                    true
+                }
+                _ => {
+                    return Err(ApiError::params(
+                        "give either the safety number they read out, or undo",
+                    ));
+                }
+            };
+            node.set_verified(contact.member, verified).await?;
+            Ok(serde_json::json!({ "id": member_hex(&contact.member), "verified": verified }))
         }
         "group.create" => {
             let p: GroupCreate = parse(params)?;
@@ -401,24 +510,12 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             let p: Read = parse(params)?;
             let id = resolve_group(node, &p.group).await?;
             let limit = p.limit.unwrap_or(100).min(MAX_READ);
-            let events: Vec<ApiEvent> = node
-                .messages(id, p.after, limit)
-                .await?
-                .iter()
-                .map(api_event)
-                .collect();
-            json(events)
+            bounded_page(p.after, limit, |after, n| node.messages(id, after, n)).await
         }
         "events" => {
             let p: Events = parse(params)?;
             let limit = p.limit.unwrap_or(100).min(MAX_EVENTS_PAGE);
-            let events: Vec<ApiEvent> = node
-                .events_since(p.after, limit)
-                .await?
-                .iter()
-                .map(api_event)
-                .collect();
-            json(events)
+            bounded_page(p.after, limit, |after, n| node.events_since(after, n)).await
         }
         "status" => {
             let traffic = node.traffic().await?;

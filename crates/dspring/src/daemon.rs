@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,11 +15,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dspring_node::{Node, NodeConfig};
 use futures::{Stream, StreamExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 use crate::api::{self, ApiError};
 use crate::home::Home;
+
+/// Most API connections open at once. A local client needs a few (a CLI call, a follower or
+/// two); the cap keeps a runaway or hostile local program from using up the daemon's file
+/// descriptors and memory. Connections over it wait in the kernel's accept queue.
+pub const MAX_API_CONNECTIONS: usize = 64;
+/// Most event streams open at once; each reads ahead up to `EVENT_STREAM_PAGE` events.
+pub const MAX_EVENT_STREAMS: usize = 16;
+/// A client sends its request headers within this time of connecting (or of its previous
+/// request), or the connection is closed: a connection that sends nothing holds no slot.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in progress to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Largest request body: a message at its bound, JSON-escaped (a control character takes six
 /// bytes), with room for the rest.
@@ -31,6 +48,8 @@ struct App {
     /// Flips to true at shutdown: open event streams end, or the graceful shutdown, which
     /// waits for every connection, would wait for them forever.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// One permit per open event stream ([`MAX_EVENT_STREAMS`]).
+    streams: Arc<Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,19 +104,73 @@ pub async fn run(home: &Home, options: Options) -> Result<(), DaemonError> {
     let app = App {
         node: node.clone(),
         token: Arc::new(token),
-        stopping,
+        stopping: stopping.clone(),
+        streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
     };
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        })
-        .await;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let served = serve(listener, router(app), stopping).await;
     home.remove_address();
     let stopped = node.stop().await;
     served.map_err(DaemonError::Listen)?;
     stopped?;
     tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// Serves HTTP/1 on `listener` until `stopping` turns true: at most [`MAX_API_CONNECTIONS`]
+/// at once, each closed if its headers do not arrive within [`HEADER_READ_TIMEOUT`]; then
+/// waits up to [`SHUTDOWN_GRACE`] for requests in progress.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stopped = stopping.wait_for(|stop| *stop);
+        let accepted = tokio::select! {
+            _ = stopped => break,
+            accepted = async {
+                let slot = Arc::clone(&slots).acquire_owned().await;
+                (slot, listener.accept().await)
+            } => accepted,
+        };
+        let (Ok(slot), accepted) = accepted else {
+            break;
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: wait a little rather than spin.
+            Err(error) => {
+                tracing::warn!(%error, "accepting an API connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "API connection");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("API requests still running at shutdown were cut off");
+    }
     Ok(())
 }
 
@@ -231,11 +304,23 @@ async fn events(
         }
         None => query.after.unwrap_or(0),
     };
+    let Ok(slot) = Arc::clone(&app.streams).try_acquire_owned() else {
+        return error_response(ApiError::new(
+            503,
+            "busy",
+            format!("at most {MAX_EVENT_STREAMS} event streams at once"),
+        ));
+    };
     let mut stopping = app.stopping.clone();
     let stopped = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    Sse::new(event_stream(&app.node, after).take_until(stopped))
+    // The slot is held as long as the stream lives.
+    let stream = event_stream(&app.node, after).map(move |event| {
+        let _held = &slot;
+        event
+    });
+    Sse::new(stream.take_until(stopped))
         .keep_alive(KeepAlive::default())
         .into_response()
 }

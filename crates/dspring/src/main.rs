@@ -102,6 +102,21 @@ enum ContactCommand {
         name: String,
     },
     List,
+    /// A contact's id, name, and the safety number to compare with them (in person or on a
+    /// call: both of you see the same number if each holds the other's real key).
+    Show {
+        contact: String,
+    },
+    /// Marks a contact verified once the safety number they read out matches yours.
+    Verify {
+        contact: String,
+        /// The safety number as they read it out (spaces optional).
+        #[arg(required_unless_present = "undo")]
+        safety_number: Option<String>,
+        /// Marks the contact not verified.
+        #[arg(long, conflicts_with = "safety_number")]
+        undo: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,6 +232,17 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
             ("contact.add", json!({ "card": card, "name": name }))
         }
         Command::Contact(ContactCommand::List) => ("contact.list", json!({})),
+        Command::Contact(ContactCommand::Show { contact }) => {
+            ("contact.show", json!({ "contact": contact }))
+        }
+        Command::Contact(ContactCommand::Verify {
+            contact,
+            safety_number,
+            undo,
+        }) => (
+            "contact.verify",
+            json!({ "contact": contact, "safety_number": safety_number, "undo": undo }),
+        ),
         Command::Group(GroupCommand::Create { name, members }) => {
             ("group.create", json!({ "name": name, "members": members }))
         }
@@ -347,6 +373,28 @@ fn print_human(method: &str, result: &Value) {
                     text_of(contact, "id"),
                     text_of(contact, "name")
                 );
+            }
+        }
+        "contact.show" => {
+            let verified = result.get("verified").and_then(Value::as_bool) == Some(true);
+            println!("name:          {}", text_of(result, "name"));
+            println!("id:            {}", text_of(result, "id"));
+            println!("verified:      {}", if verified { "yes" } else { "no" });
+            println!("safety number: {}", text_of(result, "safety_number"));
+            if !verified {
+                println!(
+                    "Compare this number with {} (in person or on a call), then run \
+                     `dspring contact verify {} <the number they read out>`.",
+                    text_of(result, "name"),
+                    text_of(result, "name")
+                );
+            }
+        }
+        "contact.verify" => {
+            if result.get("verified").and_then(Value::as_bool) == Some(true) {
+                println!("the numbers match: verified");
+            } else {
+                println!("no longer marked verified");
             }
         }
         "group.create" => println!(

@@ -383,3 +383,191 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     }
     alice.stop();
 }
+
+/// Opens `GET /v1/events` on a raw socket with these extra headers; the status code and the
+/// socket, positioned after the response headers.
+fn raw_stream(daemon: &Daemon, headers: &str) -> (u16, BufReader<std::net::TcpStream>) {
+    use std::io::Write;
+    let mut socket = std::net::TcpStream::connect(daemon.address().trim()).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        socket,
+        "GET /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n{headers}\r\n",
+        daemon.token()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(socket);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    (status, reader)
+}
+
+/// The id of the next SSE event on a raw stream.
+fn next_sse_id(reader: &mut BufReader<std::net::TcpStream>) -> u64 {
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if let Some(id) = line.trim().strip_prefix("id:") {
+            return id.trim().parse().unwrap();
+        }
+    }
+}
+
+#[test]
+fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let daemons: Vec<Daemon> = dirs.iter().map(|d| Daemon::start(d.path())).collect();
+    let [alice, bob, carol] = &daemons[..] else {
+        unreachable!()
+    };
+    let names = ["alice", "bob", "carol"];
+    let ids: Vec<Value> = daemons.iter().map(|d| d.ok(&["id"])).collect();
+    for (i, daemon) in daemons.iter().enumerate() {
+        for (j, id) in ids.iter().enumerate() {
+            if i != j {
+                daemon.ok(&[
+                    "contact",
+                    "add",
+                    id["card"].as_str().unwrap(),
+                    "--name",
+                    names[j],
+                ]);
+            }
+        }
+    }
+
+    // Safety numbers: Alice and Bob see the same one; a wrong one is refused, the right
+    // one verifies, and a contact can be unverified again.
+    let from_alice = alice.ok(&["contact", "show", "bob"]);
+    let from_bob = bob.ok(&["contact", "show", "alice"]);
+    let number = from_alice["safety_number"].as_str().unwrap();
+    assert_eq!(number, from_bob["safety_number"].as_str().unwrap());
+    assert_eq!(number.chars().filter(char::is_ascii_digit).count(), 60);
+    assert_ne!(
+        number,
+        alice.ok(&["contact", "show", "carol"])["safety_number"]
+            .as_str()
+            .unwrap()
+    );
+    let wrong = number.replacen(&number[..1], if &number[..1] == "1" { "2" } else { "1" }, 1);
+    let (code, _) = alice.cli(&["contact", "verify", "bob", &wrong]);
+    assert_eq!(code, 1, "a wrong number is refused");
+    assert_eq!(alice.ok(&["contact", "show", "bob"])["verified"], false);
+    let verified = alice.ok(&["contact", "verify", "bob", &number.replace(' ', "")]);
+    assert_eq!(verified["verified"], true);
+    let list = alice.ok(&["contact", "list"]);
+    let bob_entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bob")
+        .unwrap();
+    assert_eq!(bob_entry["verified"], true);
+    // A newer card of the same key keeps the verification.
+    alice.ok(&[
+        "contact",
+        "add",
+        ids[1]["card"].as_str().unwrap(),
+        "--name",
+        "bob",
+    ]);
+    assert_eq!(alice.ok(&["contact", "show", "bob"])["verified"], true);
+    alice.ok(&["contact", "verify", "bob", "--undo"]);
+    assert_eq!(alice.ok(&["contact", "show", "bob"])["verified"], false);
+
+    // A group of three; everyone talks.
+    alice.ok(&[
+        "group", "create", "three", "--member", "bob", "--member", "carol",
+    ]);
+    for daemon in [bob, carol] {
+        until("joined", || {
+            daemon
+                .ok(&["group", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == "three")
+        });
+    }
+    for (daemon, name) in daemons.iter().zip(names) {
+        daemon.ok(&["send", "three", &format!("hi from {name}")]);
+    }
+    for daemon in &daemons {
+        until("everyone reads everyone", || {
+            texts(daemon, "three").len() == 3
+        });
+    }
+
+    // Bob's stream resumes from a raw `Last-Event-ID` header.
+    let last = bob
+        .ok(&["read", "three"])
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["cursor"]
+        .as_u64()
+        .unwrap();
+    let (status, mut stream) = raw_stream(bob, &format!("Last-Event-ID: {last}\r\n"));
+    assert_eq!(status, 200);
+
+    // Alice removes Carol, then writes: Bob reads it, Carol never does.
+    alice.ok(&["group", "remove", "three", "carol"]);
+    until("bob sees carol removed", || {
+        bob.ok(&["group", "show", "three"])["members"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    alice.ok(&["send", "three", "after carol left"]);
+    until("bob reads it", || {
+        texts(bob, "three").contains(&"after carol left".to_owned())
+    });
+    assert!(
+        next_sse_id(&mut stream) > last,
+        "the stream went on after the cursor"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let carol_reads = carol.ok(&["read", "three"]);
+    assert!(
+        carol_reads
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["text"] != "after carol left"),
+        "{carol_reads}"
+    );
+    let kinds: Vec<&str> = carol_reads
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "message").count(), 2);
+
+    // Event streams are capped: with the cap's worth open (Bob's one above among them),
+    // the next is refused as busy.
+    let mut open = vec![stream];
+    loop {
+        let (status, stream) = raw_stream(alice, "");
+        if status != 200 {
+            assert_eq!(status, 503);
+            break;
+        }
+        open.push(stream);
+        assert!(open.len() <= 17, "no cap on event streams");
+    }
+    assert_eq!(open.len() - 1, 16, "Alice's cap");
+    drop(open);
+    for daemon in daemons {
+        daemon.stop();
+    }
+}
