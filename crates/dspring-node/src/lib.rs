@@ -60,11 +60,11 @@ use std::path::PathBuf;
 
 use dspring_proto::{GroupId, MemberId};
 use dspring_store::StoredEvent;
-use libp2p::Multiaddr;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_net::Traffic;
+pub use libp2p::Multiaddr;
 pub use safety::{safety_number, same_safety_number};
 
 /// A person this node knows, as the API shows them.

@@ -22,6 +22,22 @@ pub const MAX_PAGE_BYTES: usize = 4 << 20;
 /// Events asked of the node at a time while a page fills: 16 at their bound are 4 MiB.
 const FETCH_CHUNK: usize = 16;
 
+/// Domain of the daemon's proof that it holds the API token.
+const PROOF_DOMAIN: &[u8] = b"dspring/v1/api-proof";
+
+/// The daemon's answer to a client's challenge: HMAC-SHA256 under the token. The CLI checks
+/// it before sending the token, so a stale `api-address` (left by a crashed daemon, the port
+/// since taken by another program) never receives the token.
+pub fn proof(token: &str, challenge: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(PROOF_DOMAIN);
+    mac.update(challenge);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// One method of the API.
 #[derive(Debug)]
 pub struct Method {
@@ -74,6 +90,12 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "group.update",
         summary: "Refreshes this member's keys in a group (heals a compromise).",
+    },
+    Method {
+        name: "mailbox.use",
+        summary: "Makes the node behind a contact card (a mailbox that has this node as a \
+                  contact) one of this node's mailboxes: it keeps this node's groups while \
+                  this node is offline, and goes on this node's contact card.",
     },
     Method {
         name: "send",
@@ -143,6 +165,12 @@ impl From<NodeError> for ApiError {
 struct ContactAdd {
     card: String,
     name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxUse {
+    card: String,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +520,13 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             let id = resolve_group(node, &p.group).await?;
             node.update(id).await?;
             Ok(serde_json::json!({}))
+        }
+        "mailbox.use" => {
+            let p: MailboxUse = parse(params)?;
+            let card = ContactCard::from_text(p.card.trim()).map_err(ApiError::params)?;
+            let member = card.member;
+            node.use_mailbox(card).await?;
+            Ok(serde_json::json!({ "mailbox": member_hex(&member) }))
         }
         "send" => {
             let p: Send = parse(params)?;

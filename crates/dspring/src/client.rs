@@ -10,6 +10,10 @@ use crate::home::{Home, HomeError};
 /// one message, JSON-escaped (a control character takes six bytes).
 const MAX_EVENT_LINE: usize = 6 * crate::api::MAX_MESSAGE_BYTES + 4096;
 
+/// How long the daemon has to prove itself: on loopback it answers at once, and whatever
+/// does not is not our daemon.
+const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
@@ -19,6 +23,11 @@ pub enum ClientError {
         address: std::net::SocketAddr,
         error: reqwest::Error,
     },
+    #[error(
+        "whatever listens at {0} is not this profile's daemon (the address file is stale: \
+         start the daemon again)"
+    )]
+    NotOurDaemon(std::net::SocketAddr),
     #[error("{message} ({code})")]
     Api { code: String, message: String },
     #[error("the daemon's answer is not what this CLI understands: {0}")]
@@ -30,7 +39,9 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Api { .. } => 1,
-            ClientError::Home(_) | ClientError::Unreachable { .. } => 3,
+            ClientError::Home(_)
+            | ClientError::Unreachable { .. }
+            | ClientError::NotOurDaemon(_) => 3,
             ClientError::BadAnswer(_) => 4,
         }
     }
@@ -57,12 +68,41 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(home: &Home) -> Result<Self, ClientError> {
-        Ok(Self {
+    /// Finds the profile's daemon and checks that it is the one holding the token (see
+    /// [`crate::api::proof`]) before anything is sent with the token.
+    pub async fn connect(home: &Home) -> Result<Self, ClientError> {
+        let client = Self {
             http: reqwest::Client::new(),
             address: home.address()?,
             token: home.token()?,
-        })
+        };
+        let mut challenge = [0u8; 32];
+        getrandom::fill(&mut challenge)
+            .map_err(|e| ClientError::BadAnswer(format!("no randomness: {e}")))?;
+        let response = client
+            .http
+            .get(format!(
+                "http://{}/v1/proof?challenge={}",
+                client.address,
+                hex::encode(challenge)
+            ))
+            .timeout(PROOF_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| client.unreachable(e))?;
+        let answer: Value = response
+            .json()
+            .await
+            .map_err(|_| ClientError::NotOurDaemon(client.address))?;
+        let expected = crate::api::proof(&client.token, &challenge);
+        let given = answer.get("proof").and_then(Value::as_str).unwrap_or("");
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            expected.as_bytes(),
+        )) {
+            return Err(ClientError::NotOurDaemon(client.address));
+        }
+        Ok(client)
     }
 
     fn unreachable(&self, error: reqwest::Error) -> ClientError {

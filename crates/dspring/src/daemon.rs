@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use crate::api::{self, ApiError};
+use crate::config::Config;
 use crate::home::Home;
 
 /// Most API connections open at once. A local client needs a few (a CLI call, a follower or
@@ -60,39 +61,87 @@ pub enum DaemonError {
     Node(#[from] dspring_node::NodeError),
     #[error("the API socket: {0}")]
     Listen(std::io::Error),
+    #[error("a daemon is running for {0}: its identity is already set up (`dspring id`)")]
+    Running(std::path::PathBuf),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("not a libp2p address: {0:?}")]
     BadAddress(String),
 }
 
-/// How the daemon runs.
-#[derive(Debug)]
+/// What the command line says; each given flag overrides `config.toml`.
+#[derive(Debug, Default)]
 pub struct Options {
     /// The API's port on 127.0.0.1; 0 picks a free one.
-    pub api_port: u16,
+    pub api_port: Option<u16>,
+    /// Serve as a mailbox (whatever the file says).
     pub mailbox: bool,
-    /// Discover peers on the local network.
-    pub mdns: bool,
-    /// libp2p listen addresses; empty keeps the node's defaults.
+    /// No mDNS (whatever the file says).
+    pub no_mdns: bool,
+    /// libp2p listen addresses; empty keeps the file's.
     pub listen: Vec<String>,
+}
+
+/// The node's configuration from the settings file and the flags.
+fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeConfig, DaemonError> {
+    let mut node = NodeConfig::new(home.node_dir());
+    let listen = if options.listen.is_empty() {
+        &config.network.listen
+    } else {
+        &options.listen
+    };
+    node.listen = listen
+        .iter()
+        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
+        .collect::<Result<_, _>>()?;
+    node.mdns = config.network.mdns && !options.no_mdns;
+    node.idle_group_after = config.idle_group_after();
+    if options.mailbox || config.mailbox.serve {
+        node.mailbox = Some(dspring_node::MailboxConfig {
+            retention: config.retention(),
+        });
+    }
+    Ok(node)
+}
+
+/// Sets up a profile (directory, token, settings file) if it is new.
+pub fn prepare(home: &Home) -> Result<(), DaemonError> {
+    home.create()?;
+    home.token_or_create()?;
+    Config::write_default(home.dir())?;
+    Ok(())
+}
+
+/// `dspring init`: sets up the profile and creates its identity (the node's keys), without
+/// going on the network. Run again, it shows the identity it made.
+pub async fn init(home: &Home) -> Result<serde_json::Value, DaemonError> {
+    if home.address().is_ok() {
+        return Err(DaemonError::Running(home.dir().to_owned()));
+    }
+    prepare(home)?;
+    let created = !home.node_dir().exists();
+    let mut config = NodeConfig::new(home.node_dir());
+    config.listen = Vec::new();
+    config.mdns = false;
+    let node = Node::start(config).await?;
+    let card = node.contact().await;
+    let id = api::member_hex(&node.id());
+    node.stop().await?;
+    Ok(serde_json::json!({
+        "id": id,
+        "card": card?.to_text(),
+        "data_dir": home.dir().display().to_string(),
+        "created": created,
+    }))
 }
 
 /// Runs the daemon in the foreground until SIGINT or SIGTERM.
 pub async fn run(home: &Home, options: Options) -> Result<(), DaemonError> {
-    let mut config = NodeConfig::new(home.node_dir());
-    if !options.listen.is_empty() {
-        config.listen = options
-            .listen
-            .iter()
-            .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
-            .collect::<Result<_, _>>()?;
-    }
-    config.mdns = options.mdns;
-    if options.mailbox {
-        config.mailbox = Some(dspring_node::MailboxConfig::default());
-    }
-    home.create()?;
-    let token = home.token_or_create()?;
-    let api_port = options.api_port;
+    prepare(home)?;
+    let settings = Config::load(home.dir())?;
+    let config = node_config(home, &settings, &options)?;
+    let token = home.token()?;
+    let api_port = options.api_port.unwrap_or(settings.api.port);
     let node = Node::start(config).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, api_port)))
         .await
@@ -180,6 +229,7 @@ fn router(app: App) -> Router {
         // otherwise take POST away from `/v1/{method}`.
         .route("/v1/events", get(events).post(events_page))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/proof", get(prove))
         .route("/v1/{method}", post(method))
         .fallback(|| async { error_response(ApiError::new(404, "not_found", "no such endpoint")) })
         .with_state(app)
@@ -337,6 +387,34 @@ fn event_stream(
             .event("event")
             .data(data))
     })
+}
+
+#[derive(Deserialize)]
+struct ProofQuery {
+    challenge: String,
+}
+
+/// Proves this daemon holds the profile's token, for a client's fresh challenge (32 bytes in
+/// hex), without revealing the token; asked before the token is sent.
+async fn prove(
+    State(app): State<App>,
+    query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let challenge = query
+        .ok()
+        .and_then(|Query(q)| hex::decode(q.challenge).ok())
+        .filter(|c| c.len() == 32);
+    match challenge {
+        Some(challenge) => {
+            axum::Json(serde_json::json!({ "proof": api::proof(&app.token, &challenge) }))
+                .into_response()
+        }
+        None => error_response(ApiError::new(
+            400,
+            "invalid_params",
+            "`challenge` is 32 bytes in hex",
+        )),
+    }
 }
 
 /// The API's description: public (it holds nothing secret), so clients can read it first.

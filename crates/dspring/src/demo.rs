@@ -24,7 +24,7 @@ pub enum DemoError {
 
 fn check(held: bool, what: &str) -> Result<(), DemoError> {
     if held {
-        println!("   ✓ {what}");
+        out!("   ✓ {what}");
         Ok(())
     } else {
         Err(DemoError::Check(what.to_owned()))
@@ -43,7 +43,7 @@ async fn until(what: &str, mut condition: impl AsyncFnMut() -> bool) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("   ✓ {what} ({} ms)", started.elapsed().as_millis());
+    out!("   ✓ {what} ({} ms)", started.elapsed().as_millis());
     Ok(())
 }
 
@@ -125,12 +125,8 @@ pub async fn run() -> Result<(), DemoError> {
         _ => Err(DemoError::Check("a data directory".into())),
     };
 
-    println!(
-        "1. Five real nodes start on loopback, each with its own data directory (a SQLite file)"
-    );
-    println!(
-        "   and its own identity key: Alice, Bob, Carol, Dave, and a mailbox that serves Dave."
-    );
+    out!("1. Five real nodes start on loopback, each with its own data directory (a SQLite file)");
+    out!("   and its own identity key: Alice, Bob, Carol, Dave, and a mailbox that serves Dave.");
     let mailbox = start(place(4)?.0, place(4)?.1, true).await?;
     let alice = start(place(0)?.0, place(0)?.1, false).await?;
     let bob = start(place(1)?.0, place(1)?.1, false).await?;
@@ -148,8 +144,8 @@ pub async fn run() -> Result<(), DemoError> {
         "Dave's contact card names his mailbox; everyone exchanged cards",
     )?;
 
-    println!("2. Alice creates the group \"friends\" with Bob, Carol and Dave. No server: the");
-    println!("   welcome goes from Alice's node to each member's node.");
+    out!("2. Alice creates the group \"friends\" with Bob, Carol and Dave. No server: the");
+    out!("   welcome goes from Alice's node to each member's node.");
     let friends = alice
         .create_group("friends", &[bob.id(), carol.id(), dave.id()])
         .await?;
@@ -160,8 +156,8 @@ pub async fn run() -> Result<(), DemoError> {
         .await?;
     }
 
-    println!("3. Everyone writes once; each message is end-to-end encrypted and fans out through");
-    println!("   the members themselves.");
+    out!("3. Everyone writes once; each message is end-to-end encrypted and fans out through");
+    out!("   the members themselves.");
     let mut said = BTreeSet::new();
     for (name, node) in [
         ("Alice", &alice),
@@ -186,12 +182,8 @@ pub async fn run() -> Result<(), DemoError> {
         .await?;
     }
 
-    println!(
-        "4. Dave goes offline. Alice creates a second group, \"plans\", with Bob and Carol and"
-    );
-    println!(
-        "   adds Dave while he is away: his welcome waits at his mailbox, which cannot read it."
-    );
+    out!("4. Dave goes offline. Alice creates a second group, \"plans\", with Bob and Carol and");
+    out!("   adds Dave while he is away: his welcome waits at his mailbox, which cannot read it.");
     let dave_id = dave.id();
     dave.stop().await?;
     drop(dave);
@@ -251,7 +243,7 @@ pub async fn run() -> Result<(), DemoError> {
     )
     .await?;
 
-    println!("5. Alice, Bob and Carol go offline too. Dave comes back: only his mailbox is there.");
+    out!("5. Alice, Bob and Carol go offline too. Dave comes back: only his mailbox is there.");
     for node in [&alice, &bob, &carol] {
         node.stop().await?;
     }
@@ -271,13 +263,13 @@ pub async fn run() -> Result<(), DemoError> {
         },
     )
     .await?;
-    println!("   caught up in {} ms", back.elapsed().as_millis());
+    out!("   caught up in {} ms", back.elapsed().as_millis());
     check(
         mailbox.groups().await?.is_empty(),
         "the mailbox is a member of no group: it held ciphertext only",
     )?;
 
-    println!("6. Everyone is back. Alice removes Carol from \"friends\", then writes again.");
+    out!("6. Everyone is back. Alice removes Carol from \"friends\", then writes again.");
     let alice = start(place(0)?.0, place(0)?.1, false).await?;
     let bob = start(place(1)?.0, place(1)?.1, false).await?;
     let carol = start(place(2)?.0, place(2)?.1, false).await?;
@@ -317,8 +309,8 @@ pub async fn run() -> Result<(), DemoError> {
         "Carol still has what she read before, but not this: the keys after her removal were never given to her",
     )?;
 
-    println!("7. Bob refreshes his keys in \"friends\" (what heals a compromised device), and the");
-    println!("   group goes on.");
+    out!("7. Bob refreshes his keys in \"friends\" (what heals a compromised device), and the");
+    out!("   group goes on.");
     bob.update(friends).await?;
     for node in [&alice, &dave] {
         until("Alice and Dave see Bob's key update", async || {
@@ -345,11 +337,11 @@ pub async fn run() -> Result<(), DemoError> {
     for node in [&alice, &bob, &carol, &dave, &mailbox] {
         node.stop().await?;
     }
-    println!(
+    out!(
         "Every check held. {} s in all; the nodes of the last run sent {} KiB between them.",
         started.elapsed().as_secs(),
         bytes / 1024
     );
-    println!("Not shown yet: a stolen copy of a device's state failing to read after the update.");
+    out!("Not shown yet: a stolen copy of a device's state failing to read after the update.");
     Ok(())
 }

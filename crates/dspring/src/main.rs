@@ -1,14 +1,25 @@
 //! `dspring`: the command line of Digital Spring. `dspring daemon` runs a node with its local
 //! API; every other command is a call to that API (see `api::METHODS`).
 
+/// `println!` that ignores a closed stdout (`dspring status | head -1`), where `println!`
+/// would panic: the reader has what it wanted.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod api;
 mod client;
+mod config;
 mod daemon;
 mod demo;
 mod home;
 mod openapi;
 
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,31 +60,45 @@ enum Command {
     /// Runs the node and its local API in the foreground until SIGINT or SIGTERM.
     Daemon {
         /// The API's port on 127.0.0.1 (0: any free port; the daemon writes it to
-        /// `api-address` in the data directory).
-        #[arg(long, default_value_t = 0)]
-        api_port: u16,
+        /// `api-address` in the data directory). Default: `config.toml`'s, else 0.
+        #[arg(long)]
+        api_port: Option<u16>,
         /// Also serve as a mailbox for this node's contacts.
         #[arg(long)]
         mailbox: bool,
         /// No mDNS discovery on the local network.
         #[arg(long)]
         no_mdns: bool,
-        /// A libp2p address to listen on, repeatable (default: any free TCP and QUIC port
-        /// on every interface), e.g. `/ip4/0.0.0.0/tcp/4001`.
+        /// A libp2p address to listen on, repeatable (default: `config.toml`'s, else any
+        /// free TCP and QUIC port on every interface), e.g. `/ip4/0.0.0.0/tcp/4001`.
         #[arg(long)]
         listen: Vec<String>,
+        /// Runs in the background: returns once the daemon answers, its log in `daemon.log`
+        /// in the data directory. Stop it with `kill` (SIGTERM) on the pid it prints.
+        #[arg(long)]
+        detach: bool,
     },
+    /// Sets up this profile: its data directory, API token, `config.toml` (every setting at
+    /// its default, documented) and identity. `dspring daemon` does this too on first start.
+    Init,
     /// Runs a small real network on loopback (five nodes, one a mailbox) through a narrated
     /// scenario; exits 0 only if every check held.
     Demo,
     /// This node's member id and contact card.
-    Id,
+    Id {
+        /// Also show the card as a QR code (for a phone's camera).
+        #[arg(long)]
+        qr: bool,
+    },
     /// People this node knows.
     #[command(subcommand)]
     Contact(ContactCommand),
     /// Groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Mailboxes: nodes that keep your groups' ciphertext while you are offline.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
     /// Sends a message to a group (`-` reads it from standard input).
     Send { group: String, text: String },
     /// A group's messages after event cursor `--after` (the cursor is the `#` number shown).
@@ -120,6 +145,14 @@ enum ContactCommand {
 }
 
 #[derive(Subcommand)]
+enum MailboxCommand {
+    /// Uses the mailbox behind this contact card. Its operator runs `dspring daemon
+    /// --mailbox` (or sets `serve = true` under `[mailbox]` in config.toml) and adds your
+    /// card as a contact first.
+    Use { card: String },
+}
+
+#[derive(Subcommand)]
 enum GroupCommand {
     /// Creates a group; members are contact names or ids.
     Create {
@@ -149,7 +182,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
-        (false, 0) => "warn,dspring=info",
+        // Kademlia warns when it has no peers to bootstrap from, which a first node alone
+        // on its network always is.
+        (false, 0) => "warn,dspring=info,libp2p_kad=error",
         (false, 1) => "info",
         (false, _) => "debug",
     };
@@ -191,21 +226,58 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Daemon { detach: true, .. } = &cli.command {
+        return match detach(&home).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Daemon {
         api_port,
         mailbox,
         no_mdns,
         listen,
+        detach: false,
     } = &cli.command
     {
         let options = daemon::Options {
             api_port: *api_port,
             mailbox: *mailbox,
-            mdns: !*no_mdns,
+            no_mdns: *no_mdns,
             listen: listen.clone(),
         };
         return match daemon::run(&home, options).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Init = cli.command {
+        return match daemon::init(&home).await {
+            Ok(result) => {
+                if cli.json {
+                    out!("{result}");
+                } else {
+                    let verb = if result.get("created") == Some(&Value::Bool(true)) {
+                        "created"
+                    } else {
+                        "already set up:"
+                    };
+                    out!("{verb} {}", text_of(&result, "data_dir"));
+                    out!("id:   {}", text_of(&result, "id"));
+                    out!(
+                        "Start the node with `dspring daemon` (settings: config.toml in that \
+                         directory); then `dspring id` prints the contact card to share, with \
+                         the addresses the node listens on."
+                    );
+                }
+                ExitCode::SUCCESS
+            }
             Err(error) => {
                 eprintln!("error: {error}");
                 ExitCode::FAILURE
@@ -221,13 +293,80 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// How long `daemon --detach` waits for the background daemon to answer.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The background daemon's log, in the data directory; the previous run's is kept as
+/// `daemon.log.old`, so at most two runs' logs are kept.
+const DAEMON_LOG: &str = "daemon.log";
+
+/// `daemon --detach`: runs this program again without `--detach`, in its own process group
+/// with its output in the log, and returns once that daemon proves it is up.
+async fn detach(home: &Home) -> Result<(), String> {
+    if Client::connect(home).await.is_ok() {
+        return Err(format!(
+            "a daemon is already running for {}",
+            home.dir().display()
+        ));
+    }
+    daemon::prepare(home).map_err(|e| e.to_string())?;
+    // Whatever the address file says is stale: no daemon answered for it.
+    home.remove_address();
+    let log = home.dir().join(DAEMON_LOG);
+    let _ = std::fs::rename(&log, home.dir().join(format!("{DAEMON_LOG}.old")));
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let errors = output
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let program = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    let mut child = std::process::Command::new(program)
+        .args(std::env::args_os().skip(1).filter(|a| a != "--detach"))
+        .stdin(std::process::Stdio::null())
+        .stdout(output)
+        .stderr(errors)
+        .env("NO_COLOR", "1")
+        // Its own process group: a Ctrl-C in this terminal does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting the daemon: {e}"))?;
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "the daemon stopped ({status}); the end of {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+        }
+        if Client::connect(home).await.is_ok() {
+            out!("daemon running, pid {}; log: {}", child.id(), log.display());
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the daemon (pid {}) did not answer within {} s; see {}",
+                child.id(),
+                DETACH_WAIT.as_secs(),
+                log.display()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The method and parameters a command calls.
 fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
     Ok(match command {
-        Command::Daemon { .. } | Command::Demo | Command::Follow { .. } => {
+        Command::Daemon { .. } | Command::Demo | Command::Init | Command::Follow { .. } => {
             return Err(ClientError::BadAnswer("not a method".into()));
         }
-        Command::Id => ("id", json!({})),
+        Command::Id { .. } => ("id", json!({})),
         Command::Contact(ContactCommand::Add { card, name }) => {
             ("contact.add", json!({ "card": card, "name": name }))
         }
@@ -279,11 +418,12 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
             json!({ "group": group, "after": after, "limit": limit }),
         ),
         Command::Status => ("status", json!({})),
+        Command::Mailbox(MailboxCommand::Use { card }) => ("mailbox.use", json!({ "card": card })),
     })
 }
 
 async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
-    let client = Client::connect(home)?;
+    let client = Client::connect(home).await?;
     if let Command::Follow { after } = cli.command {
         let json = cli.json;
         // A closed stdout (`dspring follow | head -1`) ends the command quietly: println!
@@ -303,11 +443,25 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
     let (method, params) = request(&cli.command)?;
     let result = client.call(method, params).await?;
     if cli.json {
-        println!("{result}");
+        out!("{result}");
     } else {
         print_human(method, &result);
+        if let Command::Id { qr: true } = cli.command {
+            out!("{}", qr_code(text_of(&result, "card"))?);
+        }
     }
     Ok(())
+}
+
+/// `text` as a QR code drawn with half-block characters, two rows of modules per line.
+fn qr_code(text: &str) -> Result<String, ClientError> {
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::L)
+        .map_err(|e| ClientError::BadAnswer(format!("the card does not fit a QR code: {e}")))?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build())
 }
 
 fn text_of<'a>(value: &'a Value, field: &str) -> &'a str {
@@ -353,10 +507,10 @@ fn describe_event(event: &Value) -> String {
 fn print_human(method: &str, result: &Value) {
     match method {
         "id" => {
-            println!("id:   {}", text_of(result, "id"));
-            println!("card: {}", text_of(result, "card"));
+            out!("id:   {}", text_of(result, "id"));
+            out!("card: {}", text_of(result, "card"));
         }
-        "contact.add" => println!(
+        "contact.add" => out!(
             "added {} ({})",
             text_of(result, "name"),
             text_of(result, "id")
@@ -368,7 +522,7 @@ fn print_human(method: &str, result: &Value) {
                 } else {
                     ""
                 };
-                println!(
+                out!(
                     "{}  {}{verified}",
                     text_of(contact, "id"),
                     text_of(contact, "name")
@@ -377,12 +531,12 @@ fn print_human(method: &str, result: &Value) {
         }
         "contact.show" => {
             let verified = result.get("verified").and_then(Value::as_bool) == Some(true);
-            println!("name:          {}", text_of(result, "name"));
-            println!("id:            {}", text_of(result, "id"));
-            println!("verified:      {}", if verified { "yes" } else { "no" });
-            println!("safety number: {}", text_of(result, "safety_number"));
+            out!("name:          {}", text_of(result, "name"));
+            out!("id:            {}", text_of(result, "id"));
+            out!("verified:      {}", if verified { "yes" } else { "no" });
+            out!("safety number: {}", text_of(result, "safety_number"));
             if !verified {
-                println!(
+                out!(
                     "Compare this number with {} (in person or on a call), then run \
                      `dspring contact verify {} <the number they read out>`.",
                     text_of(result, "name"),
@@ -390,44 +544,45 @@ fn print_human(method: &str, result: &Value) {
                 );
             }
         }
+        "mailbox.use" => out!("using mailbox {}", text_of(result, "mailbox")),
         "contact.verify" => {
             if result.get("verified").and_then(Value::as_bool) == Some(true) {
-                println!("the numbers match: verified");
+                out!("the numbers match: verified");
             } else {
-                println!("no longer marked verified");
+                out!("no longer marked verified");
             }
         }
-        "group.create" => println!(
+        "group.create" => out!(
             "created {} ({})",
             text_of(result, "name"),
             text_of(result, "id")
         ),
         "group.list" => {
             for group in result.as_array().into_iter().flatten() {
-                println!("{}  {}", text_of(group, "id"), text_of(group, "name"));
+                out!("{}  {}", text_of(group, "id"), text_of(group, "name"));
             }
         }
         "group.show" => {
-            println!("id:      {}", text_of(result, "id"));
-            println!("name:    {}", text_of(result, "name"));
+            out!("id:      {}", text_of(result, "id"));
+            out!("name:    {}", text_of(result, "name"));
             for member in result
                 .get("members")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                println!("member:  {}", member.as_str().unwrap_or(""));
+                out!("member:  {}", member.as_str().unwrap_or(""));
             }
         }
         "read" => {
             for event in result.as_array().into_iter().flatten() {
-                println!("{}", describe_event(event));
+                out!("{}", describe_event(event));
             }
         }
         "status" => {
             if let Some(fields) = result.as_object() {
                 for (name, value) in fields {
-                    println!("{name}: {value}");
+                    out!("{name}: {value}");
                 }
             }
         }

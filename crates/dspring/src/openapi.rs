@@ -68,6 +68,22 @@ pub fn document() -> Value {
             }
         }),
     );
+    paths.insert(
+        "/v1/proof".to_owned(),
+        json!({
+            "get": {
+                "operationId": "proof",
+                "summary": "The daemon proves it holds the token: HMAC-SHA256 keyed with the token over \"dspring/v1/api-proof\" and the challenge. Clients check it before sending the token.",
+                "parameters": [
+                    {"name": "challenge", "in": "query", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}
+                ],
+                "responses": {
+                    "200": {"description": "The proof, hex", "content": {"application/json": {"schema": {"type": "object", "properties": {"proof": {"type": "string"}}}}}},
+                    "400": error
+                }
+            }
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {

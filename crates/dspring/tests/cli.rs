@@ -567,7 +567,98 @@ fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
     }
     assert_eq!(open.len() - 1, 16, "Alice's cap");
     drop(open);
+
+    // A profile whose address file points at another daemon (as a stale one left by a
+    // crash might): the CLI checks the daemon's proof first, and stops before sending its
+    // token.
+    let other = tempfile::tempdir().unwrap();
+    let profile = other.path().join("p");
+    let init = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", profile.to_str().unwrap(), "--json", "init"])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let made: Value = serde_json::from_slice(&init.stdout).unwrap();
+    assert_eq!(made["created"], true);
+    assert_eq!(made["id"].as_str().unwrap().len(), 64);
+    assert!(profile.join("config.toml").exists());
+    std::fs::write(profile.join("api-address"), alice.address()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", profile.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not this profile's daemon"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for daemon in daemons {
         daemon.stop();
     }
+}
+
+#[test]
+fn a_detached_daemon_answers_after_the_command_returns_and_reads_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p");
+    let dspring = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dspring"))
+            .args(["--data-dir", profile.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(dspring(&["init"]).status.success());
+    // A fixed API port from config.toml (found free first), no mDNS, loopback only.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        profile.join("config.toml"),
+        format!(
+            "[api]\nport = {port}\n[network]\nmdns = false\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n"
+        ),
+    )
+    .unwrap();
+    let started = dspring(&["daemon", "--detach"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let said = String::from_utf8(started.stdout).unwrap();
+    let pid: u32 = said
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(profile.join("api-address")).unwrap(),
+        format!("127.0.0.1:{port}")
+    );
+    let status = dspring(&["--json", "status"]);
+    assert!(status.status.success());
+    // A second one is refused while the first runs.
+    assert!(!dspring(&["daemon", "--detach"]).status.success());
+    // It stops on SIGTERM and leaves no address behind.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until("the detached daemon stops", || {
+        !profile.join("api-address").exists()
+    });
+    assert!(
+        std::fs::read_to_string(profile.join("daemon.log"))
+            .unwrap()
+            .contains("daemon ready")
+    );
 }

@@ -1,0 +1,241 @@
+//! The daemon's settings: `config.toml` in the data directory, written with every setting at
+//! its default (and a comment saying what it does) the first time a profile is set up.
+//! Command-line flags override the file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The settings file in a profile's data directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// A config file larger than this is refused: ours is well under 2 KiB.
+const MAX_CONFIG_BYTES: u64 = 64 << 10;
+/// Longest idle-group delay and mailbox retention accepted (ten years): larger values are
+/// typos, and would overflow the node's timers.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// What `config.toml` holds when a profile is set up: every setting at its default.
+pub const DEFAULT_CONFIG: &str = r#"# Digital Spring daemon settings. Flags given to `dspring daemon` override these.
+
+[api]
+# Port of the local API on 127.0.0.1. 0 picks a free port; the daemon writes the one it
+# uses to `api-address` in this directory, where the CLI finds it.
+port = 0
+
+[network]
+# libp2p addresses to listen on. Port 0 picks a free one at each start; a fixed port
+# (e.g. "/ip4/0.0.0.0/tcp/4001") lets contacts reach you at the address on your card.
+listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+# Find other nodes on the local network with mDNS.
+mdns = true
+# A group with no message for this many seconds leaves its gossip topic and keeps no
+# connections open; it wakes up when anyone in it sends.
+idle_group_after_secs = 120
+
+[mailbox]
+# Serve as a mailbox for your contacts: keep the ciphertext of their groups (never the
+# keys) and hand it to members who were offline.
+serve = false
+# How long a mailbox keeps what it holds, in days.
+retention_days = 30
+"#;
+
+/// The settings, as read from the file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiSettings,
+    pub network: NetworkSettings,
+    pub mailbox: MailboxSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    pub listen: Vec<String>,
+    pub mdns: bool,
+    pub idle_group_after_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailboxSettings {
+    pub serve: bool,
+    pub retention_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            api: ApiSettings { port: 0 },
+            network: NetworkSettings {
+                listen: vec![
+                    "/ip4/0.0.0.0/tcp/0".to_owned(),
+                    "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
+                ],
+                mdns: true,
+                idle_group_after_secs: dspring_node::DEFAULT_IDLE_GROUP_AFTER.as_secs(),
+            },
+            mailbox: MailboxSettings {
+                serve: false,
+                retention_days: dspring_node::DEFAULT_MAILBOX_RETENTION.as_secs() / 86_400,
+            },
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Config::default().api
+    }
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Config::default().network
+    }
+}
+
+impl Default for MailboxSettings {
+    fn default() -> Self {
+        Config::default().mailbox
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {error}")]
+    Io {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: std::path::PathBuf },
+    #[error("{path}: {message}")]
+    Invalid {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl Config {
+    /// The settings in `dir`'s config file; the defaults if there is none.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let io = |error| ConfigError::Io {
+            path: path.clone(),
+            error,
+        };
+        let metadata = match std::fs::metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(error) => return Err(io(error)),
+        };
+        if metadata.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io)?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.network.idle_group_after_secs == 0
+            || config.network.idle_group_after_secs > MAX_SECONDS
+        {
+            return Err(format!(
+                "network.idle_group_after_secs is between 1 and {MAX_SECONDS}"
+            ));
+        }
+        if config.mailbox.retention_days == 0
+            || config.mailbox.retention_days.saturating_mul(86_400) > MAX_SECONDS
+        {
+            return Err(format!(
+                "mailbox.retention_days is between 1 and {}",
+                MAX_SECONDS / 86_400
+            ));
+        }
+        for address in &config.network.listen {
+            address
+                .parse::<dspring_node::Multiaddr>()
+                .map_err(|_| format!("network.listen: not a libp2p address: {address:?}"))?;
+        }
+        Ok(config)
+    }
+
+    /// Writes the default settings file into `dir` unless one is there.
+    pub fn write_default(dir: &Path) -> Result<bool, ConfigError> {
+        use std::io::Write;
+        let path = dir.join(CONFIG_FILE);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => file
+                .write_all(DEFAULT_CONFIG.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map(|()| true)
+                .map_err(|error| ConfigError::Io { path, error }),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(ConfigError::Io { path, error }),
+        }
+    }
+
+    pub fn idle_group_after(&self) -> Duration {
+        Duration::from_secs(self.network.idle_group_after_secs)
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.mailbox.retention_days * 86_400)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_written_defaults_are_the_defaults() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG).unwrap(), Config::default());
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn settings_are_read_and_bad_ones_are_clear_errors() {
+        let config = Config::parse("[api]\nport = 7070\n[mailbox]\nserve = true\n").unwrap();
+        assert_eq!(config.api.port, 7070);
+        assert!(config.mailbox.serve);
+        assert_eq!(config.network, NetworkSettings::default());
+        for bad in [
+            "[api]\nprot = 1\n",
+            "[api]\nport = 70000\n",
+            "[network]\nlisten = [\"nonsense\"]\n",
+            "[network]\nidle_group_after_secs = 0\n",
+            "[mailbox]\nretention_days = 99999999999\n",
+            "not toml",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_the_defaults_and_an_existing_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Config::default());
+        assert!(Config::write_default(dir.path()).unwrap());
+        std::fs::write(dir.path().join(CONFIG_FILE), "[api]\nport = 9\n").unwrap();
+        assert!(!Config::write_default(dir.path()).unwrap());
+        assert_eq!(Config::load(dir.path()).unwrap().api.port, 9);
+    }
+}
