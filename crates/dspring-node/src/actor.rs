@@ -31,6 +31,15 @@ const INTERNAL_QUEUE: usize = 256;
 /// How often the write-ahead log is folded back (forward secrecy on disk) and the outbox
 /// retried.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// A member who asks to leave is removed by the first remaining member, in member-id order,
+/// whose turn comes while the leaver is still in the group: the first at once, the next one
+/// this much later, and so on. Staggered, so that a group does not answer one request with a
+/// removal from every member (each costs a message to every member); a member's turn is
+/// checked at its maintenance round.
+const LEAVE_STAGGER: Duration = MAINTENANCE_INTERVAL;
+/// Most leave requests waiting for their turn: each is a few dozen bytes; more than this many
+/// at once is not honest traffic.
+const MAX_LEAVE_REQUESTS: usize = 1024;
 /// How often welcomes for members who were offline are offered again.
 const WELCOME_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// A sync page stays well under the protocol's byte bound.
@@ -124,6 +133,9 @@ struct Actor {
     last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// How long a group stays busy after its last envelope.
     idle_group_after: Duration,
+    /// Members who asked to leave, and when this node removes them if no other member has
+    /// by then (at most [`MAX_LEAVE_REQUESTS`]).
+    leave_requests: HashMap<(GroupId, MemberId), tokio::time::Instant>,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
 }
@@ -252,6 +264,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         idle_group_after: config.idle_group_after,
         synced: HashMap::new(),
         record_published: None,
+        leave_requests: HashMap::new(),
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -342,6 +355,7 @@ impl Actor {
                             Err(error) => tracing::warn!(%error, "mailbox expiry"),
                         }
                     }
+                    self.act_on_leave_requests().await;
                     self.rest_idle_groups().await;
                     let busy: Vec<GroupId> = self.last_activity.keys().copied().collect();
                     for group in busy {
@@ -401,6 +415,12 @@ impl Actor {
             }
             Request::Update(group, reply) => {
                 let result = self.local(group, |g, _, rng| Ok(g.update(rng)?)).await;
+                let _ = reply.send(result);
+            }
+            Request::Leave(group, reply) => {
+                let result = self
+                    .local(group, |g, _, _| Ok(g.send(&content::leave())?))
+                    .await;
                 let _ = reply.send(result);
             }
             Request::Remove(group, member, reply) => {
@@ -953,11 +973,58 @@ impl Actor {
                         set_ms,
                         set_by: sender,
                     }),
-                    Content::Text(_) => {}
+                    Content::Leave | Content::Text(_) => {}
                 }
             }
         }
         out
+    }
+
+    /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
+    /// members before it in member-id order have had theirs.
+    fn leave_requested(&mut self, group: &Group, leaver: MemberId) {
+        let me = self.device.id();
+        if leaver == me || !group.is_active() || self.leave_requests.len() >= MAX_LEAVE_REQUESTS {
+            return;
+        }
+        let members = group.members();
+        if !members.contains(&leaver) {
+            return;
+        }
+        let rank = members
+            .iter()
+            .filter(|m| **m != leaver)
+            .position(|m| *m == me)
+            .unwrap_or(0);
+        let turn = LEAVE_STAGGER.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
+        self.leave_requests
+            .insert((group.id(), leaver), tokio::time::Instant::now() + turn);
+    }
+
+    /// Removes the members who asked to leave and whose removal is this node's turn, unless
+    /// someone did already.
+    async fn act_on_leave_requests(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(GroupId, MemberId)> = self
+            .leave_requests
+            .iter()
+            .filter(|(_, turn)| **turn <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for (group, leaver) in due {
+            self.leave_requests.remove(&(group, leaver));
+            let still_there = self
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.is_active() && g.members().contains(&leaver));
+            if still_there
+                && let Err(error) = self
+                    .local(group, |g, _, rng| Ok(g.remove(leaver, rng)?))
+                    .await
+            {
+                tracing::debug!(%error, "removing a member who asked to leave");
+            }
+        }
     }
 
     /// The decoded contents of a step's messages (received and sent), with their senders.
@@ -1009,6 +1076,7 @@ impl Actor {
                         self.group_names.insert(id, named);
                     }
                 }
+                Content::Leave => self.leave_requested(&staged.group, sender),
                 Content::Text(_) => {}
             }
         }

@@ -9,6 +9,7 @@ use crate::card::MailboxRef;
 const TEXT: u8 = 0;
 const MAILBOX: u8 = 1;
 const GROUP_NAME: u8 = 2;
+const LEAVE: u8 = 3;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Content {
@@ -19,6 +20,9 @@ pub(crate) enum Content {
         name: String,
         set_ms: u64,
     },
+    /// The sender asks to be removed: DCGKA has no self-removal, so another member's node
+    /// removes them.
+    Leave,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -35,6 +39,10 @@ pub(crate) fn group_name(name: &str, set_ms: u64) -> Vec<u8> {
     };
     out.extend(postcard::to_allocvec(&body).unwrap_or_default());
     out
+}
+
+pub(crate) fn leave() -> Vec<u8> {
+    vec![LEAVE]
 }
 
 pub(crate) fn text(body: &[u8]) -> Vec<u8> {
@@ -67,6 +75,7 @@ pub(crate) fn decode(plaintext: &[u8]) -> Option<Content> {
                 name: b.name,
                 set_ms: b.set_ms,
             }),
+        (&LEAVE, []) => Some(Content::Leave),
         _ => None,
     }
 }
@@ -79,7 +88,7 @@ pub(crate) fn present(mut stored: StoredEvent) -> Option<StoredEvent> {
         Event::Message { plaintext, .. } | Event::Sent { plaintext, .. } => {
             match decode(plaintext)? {
                 Content::Text(body) => *plaintext = body,
-                Content::Mailbox(_) | Content::GroupName { .. } => return None,
+                Content::Mailbox(_) | Content::GroupName { .. } | Content::Leave => return None,
             }
         }
         _ => {}

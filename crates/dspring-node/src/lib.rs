@@ -185,6 +185,7 @@ pub(crate) enum Request {
     Groups(Reply<Vec<GroupId>>),
     Contacts(Reply<Vec<Contact>>),
     SetVerified(MemberId, bool, Reply<()>),
+    Leave(GroupId, Reply<()>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
@@ -297,6 +298,14 @@ impl Node {
 
     pub async fn remove(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
         self.ask(|r| Request::Remove(group, member, r)).await
+    }
+
+    /// Asks the group to remove this member. DCGKA has no removal of oneself, so the request
+    /// goes to the group and a remaining member's node removes this one (the first in
+    /// member-id order at once, the others later if it is offline); until then this member
+    /// still reads the group. [`dspring_proto::Event::RemovedMe`] says when it is done.
+    pub async fn leave(&self, group: GroupId) -> Result<(), NodeError> {
+        self.ask(|r| Request::Leave(group, r)).await
     }
 
     pub async fn update(&self, group: GroupId) -> Result<(), NodeError> {

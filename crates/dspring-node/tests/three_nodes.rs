@@ -14,7 +14,8 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{has_all, introduce, start, until};
+use common::{has_all, introduce, start, texts, until};
+use dspring_proto::Event;
 use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,4 +145,55 @@ async fn one_contact_card_welcomes_into_several_groups() {
         })
         .await;
     }
+}
+
+/// A member who leaves is removed by another member's node, once (not by every member), and
+/// reads nothing sent after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(dirs[0].path()).await;
+    let b = start(dirs[1].path()).await;
+    let c = start(dirs[2].path()).await;
+    introduce(&[&a, &b, &c]).await;
+    let group = a.create_group("g", &[b.id(), c.id()]).await.unwrap();
+    for node in [&b, &c] {
+        until("joined", async || {
+            node.groups().await.unwrap().contains(&group)
+        })
+        .await;
+    }
+    let mut c_events = Box::pin(c.events(0));
+    c.leave(group).await.unwrap();
+    for node in [&a, &b] {
+        until("the others see C removed", async || {
+            !node.members(group).await.unwrap().contains(&c.id())
+        })
+        .await;
+    }
+    tokio::time::timeout(common::WAIT, async {
+        while let Some(stored) = c_events.next().await {
+            if matches!(stored.event, Event::RemovedMe { .. }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("C is told it was removed");
+    a.send(group, b"after C left").await.unwrap();
+    until("B reads it", async || {
+        texts(&b, group).await.contains(&"after C left".to_owned())
+    })
+    .await;
+    // One removal, by one member: the others saw it before their turn came.
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let removals = a
+        .events_since(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.event, Event::MemberRemoved { .. }))
+        .count();
+    assert_eq!(removals, 1);
+    assert!(!texts(&c, group).await.contains(&"after C left".to_owned()));
 }

@@ -88,6 +88,11 @@ pub const METHODS: &[Method] = &[
         summary: "Removes a member from a group.",
     },
     Method {
+        name: "group.leave",
+        summary: "Asks the group to remove this member: another member's node does (DCGKA has \
+                  no removal of oneself); a `removed_me` event follows.",
+    },
+    Method {
         name: "group.update",
         summary: "Refreshes this member's keys in a group (heals a compromise).",
     },
@@ -515,10 +520,14 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             }
             Ok(serde_json::json!({}))
         }
-        "group.update" => {
+        "group.update" | "group.leave" => {
             let p: GroupRef = parse(params)?;
             let id = resolve_group(node, &p.group).await?;
-            node.update(id).await?;
+            if name == "group.update" {
+                node.update(id).await?;
+            } else {
+                node.leave(id).await?;
+            }
             Ok(serde_json::json!({}))
         }
         "mailbox.use" => {

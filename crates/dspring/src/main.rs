@@ -176,6 +176,11 @@ enum GroupCommand {
     Update {
         group: String,
     },
+    /// Leaves the group: asks the others to remove you (one of their nodes does, within
+    /// seconds when one is online); until then you still read the group.
+    Leave {
+        group: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -393,6 +398,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
         Command::Group(GroupCommand::Remove { group, member }) => {
             ("group.remove", json!({ "group": group, "member": member }))
         }
+        Command::Group(GroupCommand::Leave { group }) => ("group.leave", json!({ "group": group })),
         Command::Group(GroupCommand::Update { group }) => {
             ("group.update", json!({ "group": group }))
         }
@@ -543,6 +549,9 @@ fn print_human(method: &str, result: &Value) {
                     text_of(result, "name")
                 );
             }
+        }
+        "group.leave" => {
+            out!("asked the group to remove you; `dspring follow` shows when one of them has")
         }
         "mailbox.use" => out!("using mailbox {}", text_of(result, "mailbox")),
         "contact.verify" => {

@@ -545,6 +545,15 @@ fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
             .all(|e| e["text"] != "after carol left"),
         "{carol_reads}"
     );
+    // Bob leaves: a remaining member's node (Alice's) removes him.
+    bob.ok(&["group", "leave", "three"]);
+    until("alice sees bob gone", || {
+        alice.ok(&["group", "show", "three"])["members"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
     let kinds: Vec<&str> = carol_reads
         .as_array()
         .unwrap()
