@@ -82,6 +82,9 @@ enum Internal {
         group: GroupId,
         peer: PeerId,
         response: SyncResponse,
+        /// The marks the request carried: the next page of the same sync asks with them
+        /// again, instead of computing them anew over the whole log for every page.
+        marks: Vec<Mark>,
     },
     /// One of our mailboxes answered a news request.
     News {
@@ -1511,14 +1514,22 @@ impl Actor {
             return;
         };
         marks.truncate(dspring_net::wire::MAX_SYNC_SENDERS);
-        let request = SyncRequest {
-            group,
-            marks,
-            token,
-        };
+        self.send_sync(
+            peer,
+            SyncRequest {
+                group,
+                marks,
+                token,
+            },
+        );
+    }
+
+    /// Sends one sync request in the background; its answer comes back as a `SyncPage`.
+    fn send_sync(&self, peer: PeerId, request: SyncRequest) {
         let net = self.net.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
+            let (group, marks) = (request.group, request.marks.clone());
             match net.sync(peer, request).await {
                 Ok(response) => {
                     let _ = internal
@@ -1526,6 +1537,7 @@ impl Actor {
                             group,
                             peer,
                             response,
+                            marks,
                         })
                         .await;
                 }
@@ -1605,6 +1617,7 @@ impl Actor {
                 group,
                 peer,
                 response,
+                marks,
             } => {
                 let member = self.groups.contains_key(&group);
                 if !member && !self.serves(&group) {
@@ -1618,7 +1631,14 @@ impl Actor {
                     }
                 }
                 match response.next {
-                    Some(token) => self.request_sync(group, peer, token),
+                    Some(token) => self.send_sync(
+                        peer,
+                        SyncRequest {
+                            group,
+                            marks,
+                            token,
+                        },
+                    ),
                     None => {
                         if self.synced.len() < MAX_SYNC_POSITIONS {
                             self.synced.insert((group, peer), response.end);
