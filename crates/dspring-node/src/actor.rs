@@ -37,6 +37,14 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// removal from every member (each costs a message to every member); a member's turn is
 /// checked at its maintenance round.
 const LEAVE_STAGGER: Duration = MAINTENANCE_INTERVAL;
+/// A catch-up logs its progress every this many envelopes (and its end, if it got this far).
+const PROGRESS_EVERY: u64 = 1000;
+
+/// The first bytes of an id, for logs.
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Most leave requests waiting for their turn: each is a few dozen bytes; more than this many
 /// at once is not honest traffic.
 const MAX_LEAVE_REQUESTS: usize = 1024;
@@ -139,6 +147,9 @@ struct Actor {
     /// Members who asked to leave, and when this node removes them if no other member has
     /// by then (at most [`MAX_LEAVE_REQUESTS`]).
     leave_requests: HashMap<(GroupId, MemberId), tokio::time::Instant>,
+    /// Syncs that have gone on for more than a page: per group and peer, envelopes received
+    /// so far and since when (at most [`MAX_SYNC_POSITIONS`]).
+    catching_up: HashMap<(GroupId, PeerId), (u64, tokio::time::Instant)>,
     /// Dropped with the actor, which ends every event stream.
     _running: tokio::sync::watch::Sender<()>,
 }
@@ -268,6 +279,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         synced: HashMap::new(),
         record_published: None,
         leave_requests: HashMap::new(),
+        catching_up: HashMap::new(),
         _running: running,
     };
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
@@ -419,6 +431,10 @@ impl Actor {
             Request::Update(group, reply) => {
                 let result = self.local(group, |g, _, rng| Ok(g.update(rng)?)).await;
                 let _ = reply.send(result);
+            }
+            Request::Status(reply) => {
+                let status = self.status();
+                let _ = reply.send(status);
             }
             Request::Leave(group, reply) => {
                 let result = self
@@ -981,6 +997,66 @@ impl Actor {
             }
         }
         out
+    }
+
+    fn status(&self) -> Result<crate::NodeStatus, NodeError> {
+        let mut catching_up: HashMap<GroupId, crate::CatchUp> = HashMap::new();
+        for ((group, _), (received, since)) in &self.catching_up {
+            let entry = catching_up.entry(*group).or_insert(crate::CatchUp {
+                group: *group,
+                received: 0,
+                elapsed: since.elapsed(),
+            });
+            entry.received += received;
+            entry.elapsed = entry.elapsed.max(since.elapsed());
+        }
+        Ok(crate::NodeStatus {
+            outbox: self.store.outbox_len()?,
+            awaiting_welcome: self.store.members_awaiting_welcome()?.len(),
+            busy_groups: self.last_activity.len(),
+            catching_up: catching_up.into_values().collect(),
+            own_mailboxes: self.own_mailboxes.len(),
+            mailbox_groups: match self.mailbox {
+                Some(_) => Some(self.store.mailbox_groups()?.len()),
+                None => None,
+            },
+        })
+    }
+
+    /// Counts a sync page towards its catch-up; logs the progress of long ones (every
+    /// [`PROGRESS_EVERY`] envelopes, and at the end), which is what a terminal running the
+    /// daemon shows while thousands of messages come in.
+    fn count_catch_up(&mut self, group: GroupId, peer: PeerId, received: usize, more: bool) {
+        let key = (group, peer);
+        let received = received as u64;
+        let room = self.catching_up.len() < MAX_SYNC_POSITIONS;
+        let (before, total, since) = match self.catching_up.get_mut(&key) {
+            Some((total, since)) => {
+                let before = *total;
+                *total += received;
+                (before, *total, *since)
+            }
+            None if more && room => {
+                let now = tokio::time::Instant::now();
+                self.catching_up.insert(key, (received, now));
+                (0, received, now)
+            }
+            None => return,
+        };
+        if before / PROGRESS_EVERY != total / PROGRESS_EVERY {
+            tracing::info!(group = %short_hex(group.as_bytes()), received = total, "catching up");
+        }
+        if !more {
+            self.catching_up.remove(&key);
+            if total >= PROGRESS_EVERY {
+                tracing::info!(
+                    group = %short_hex(group.as_bytes()),
+                    received = total,
+                    seconds = since.elapsed().as_secs_f32(),
+                    "caught up"
+                );
+            }
+        }
     }
 
     /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
@@ -1623,6 +1699,12 @@ impl Actor {
                 if !member && !self.serves(&group) {
                     return;
                 }
+                self.count_catch_up(
+                    group,
+                    peer,
+                    response.envelopes.len(),
+                    response.next.is_some(),
+                );
                 if member {
                     self.receive_page(group, response.envelopes).await;
                 } else {

@@ -67,6 +67,35 @@ pub use dspring_net::Traffic;
 pub use libp2p::Multiaddr;
 pub use safety::{safety_number, same_safety_number};
 
+/// What the node is doing, for a status display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// Envelopes committed but not yet handed to the network.
+    pub outbox: u64,
+    /// Members added while offline whose welcome has not reached them yet.
+    pub awaiting_welcome: usize,
+    /// Groups with recent traffic (on their gossip topic, members dialled).
+    pub busy_groups: usize,
+    /// Catch-ups in progress: syncs of several pages that have not reached the end.
+    pub catching_up: Vec<CatchUp>,
+    /// This node's own mailboxes.
+    pub own_mailboxes: usize,
+    /// Groups this node keeps as a mailbox (`None`: it is not one).
+    pub mailbox_groups: Option<usize>,
+}
+
+/// One group's catch-up in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CatchUp {
+    pub group: GroupId,
+    /// Envelopes received by this catch-up so far.
+    pub received: u64,
+    /// How long it has been going.
+    pub elapsed: std::time::Duration,
+}
+
 /// A person this node knows, as the API shows them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -186,6 +215,7 @@ pub(crate) enum Request {
     Contacts(Reply<Vec<Contact>>),
     SetVerified(MemberId, bool, Reply<()>),
     Leave(GroupId, Reply<()>),
+    Status(Reply<NodeStatus>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
@@ -298,6 +328,11 @@ impl Node {
 
     pub async fn remove(&self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
         self.ask(|r| Request::Remove(group, member, r)).await
+    }
+
+    /// What the node is doing: outbox, pending welcomes, catch-ups in progress, mailboxes.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.ask(Request::Status).await
     }
 
     /// Asks the group to remove this member. DCGKA has no removal of oneself, so the request

@@ -439,6 +439,15 @@ impl Store {
 
     /// Removes outbox entries the network has taken. Entries not removed (a crash before this
     /// call) are handed out again: delivery is at least once, and receivers drop replays.
+    /// Envelopes waiting to be handed to the network.
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM outbox")?
+            .query_row([], |r| r.get(0))?;
+        Ok(from_sql_int(count, "outbox", "count")?)
+    }
+
     pub fn outbox_sent(&mut self, ids: &[u64]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for id in ids {

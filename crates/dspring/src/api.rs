@@ -116,7 +116,8 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "status",
-        summary: "Groups, contacts, connections and traffic of this node.",
+        summary: "This node's groups, contacts, connections, traffic, outbox, welcomes \
+                  waiting, catch-ups in progress and mailboxes.",
     },
 ];
 
@@ -563,13 +564,31 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
         }
         "status" => {
             let traffic = node.traffic().await?;
+            let status = node.status().await?;
+            let catching_up: Vec<Value> = status
+                .catching_up
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "group": hex::encode(c.group.as_bytes()),
+                        "received": c.received,
+                        "seconds": c.elapsed.as_secs(),
+                    })
+                })
+                .collect();
             Ok(serde_json::json!({
                 "id": member_hex(&node.id()),
                 "groups": node.groups().await?.len(),
+                "busy_groups": status.busy_groups,
                 "contacts": node.contacts().await?.len(),
                 "connections": traffic.connections,
                 "bytes_sent": traffic.sent,
                 "bytes_received": traffic.received,
+                "outbox": status.outbox,
+                "awaiting_welcome": status.awaiting_welcome,
+                "catching_up": catching_up,
+                "own_mailboxes": status.own_mailboxes,
+                "mailbox_groups": status.mailbox_groups,
             }))
         }
         _ => Err(ApiError::new(

@@ -474,6 +474,15 @@ fn text_of<'a>(value: &'a Value, field: &str) -> &'a str {
     value.get(field).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A byte count for people.
+fn bytes(count: u64) -> String {
+    match count {
+        0..1024 => format!("{count} B"),
+        1024..1_048_576 => format!("{:.1} KiB", count as f64 / 1024.0),
+        _ => format!("{:.1} MiB", count as f64 / 1_048_576.0),
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -589,10 +598,42 @@ fn print_human(method: &str, result: &Value) {
             }
         }
         "status" => {
-            if let Some(fields) = result.as_object() {
-                for (name, value) in fields {
-                    out!("{name}: {value}");
-                }
+            let number = |field: &str| result.get(field).and_then(Value::as_u64).unwrap_or(0);
+            out!("id:               {}", text_of(result, "id"));
+            out!(
+                "groups:           {} ({} busy)",
+                number("groups"),
+                number("busy_groups")
+            );
+            out!("contacts:         {}", number("contacts"));
+            out!("connections:      {}", number("connections"));
+            out!(
+                "traffic:          {} sent, {} received",
+                bytes(number("bytes_sent")),
+                bytes(number("bytes_received"))
+            );
+            out!("outbox:           {} envelopes", number("outbox"));
+            out!("awaiting welcome: {} members", number("awaiting_welcome"));
+            out!("own mailboxes:    {}", number("own_mailboxes"));
+            match result.get("mailbox_groups").and_then(Value::as_u64) {
+                Some(groups) => out!("mailbox role:     keeping {groups} groups"),
+                None => out!("mailbox role:     off"),
+            }
+            for catch_up in result
+                .get("catching_up")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out!(
+                    "catching up:      [{}] {} messages in {} s",
+                    short(text_of(catch_up, "group")),
+                    catch_up
+                        .get("received")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    catch_up.get("seconds").and_then(Value::as_u64).unwrap_or(0)
+                );
             }
         }
         _ => {}

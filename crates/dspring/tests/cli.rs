@@ -313,7 +313,11 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
         Err(error) => assert!(error.is_request() || error.is_body(), "{error}"),
     }
     // And the daemon still answers.
-    assert_eq!(alice.ok(&["status"])["groups"], 1);
+    let status = alice.ok(&["status"]);
+    assert_eq!(status["groups"], 1);
+    assert!(status["outbox"].is_u64() && status["awaiting_welcome"] == 0);
+    assert_eq!(status["mailbox_groups"], Value::Null, "not a mailbox");
+    assert!(status["catching_up"].is_array());
     // Every method the API document names is one the daemon dispatches (the table and the
     // dispatch cannot drift apart): called without parameters, none is an unknown method.
     let document: Value = serde_json::from_str(
