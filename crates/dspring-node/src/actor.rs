@@ -443,9 +443,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Request::Remove(group, member, reply) => {
-                let result = self
-                    .local(group, |g, _, rng| Ok(g.remove(member, rng)?))
-                    .await;
+                let result = self.remove(group, member).await;
                 let _ = reply.send(result);
             }
             Request::Add(group, member, reply) => {
@@ -1059,6 +1057,23 @@ impl Actor {
         }
     }
 
+    /// Removes `member` from `group`. The removal also goes to the removed member directly,
+    /// retried like a welcome until its node takes it: members answer the syncs of members
+    /// only, so a removed member that missed the gossip (it was offline, or had just started)
+    /// would otherwise never learn it was removed.
+    async fn remove(&mut self, group: GroupId, member: MemberId) -> Result<(), NodeError> {
+        self.local(group, |g, _, rng| {
+            let mut staged = g.remove(member, rng)?;
+            for outgoing in &mut staged.outbox {
+                outgoing.welcome_for = Some(member);
+            }
+            Ok(staged)
+        })
+        .await?;
+        self.offer_welcomes(member);
+        Ok(())
+    }
+
     /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
     /// members before it in member-id order have had theirs.
     fn leave_requested(&mut self, group: &Group, leaver: MemberId) {
@@ -1096,11 +1111,7 @@ impl Actor {
                 .groups
                 .get(&group)
                 .is_some_and(|g| g.is_active() && g.members().contains(&leaver));
-            if still_there
-                && let Err(error) = self
-                    .local(group, |g, _, rng| Ok(g.remove(leaver, rng)?))
-                    .await
-            {
+            if still_there && let Err(error) = self.remove(group, leaver).await {
                 tracing::debug!(%error, "removing a member who asked to leave");
             }
         }
@@ -1744,6 +1755,12 @@ impl Actor {
                 for (group, envelope) in welcomes {
                     if !self.groups.contains_key(&group) {
                         self.join(group, envelope, peer).await;
+                    } else if let Ok(staged) = self.judge(group, envelope) {
+                        // What a mailbox holds for a member of the group: its removal, which
+                        // it cannot fetch by sync (members answer members only).
+                        if let Err(error) = self.commit(&staged).await {
+                            tracing::warn!(%error, "committing a held removal");
+                        }
                     }
                 }
                 for group in groups {

@@ -197,3 +197,45 @@ async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
     assert_eq!(removals, 1);
     assert!(!texts(&c, group).await.contains(&"after C left".to_owned()));
 }
+
+/// A member removed while offline learns it on return: members answer the syncs of members
+/// only, so the removal is delivered to it directly, like a welcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_offline_learns_it_on_return() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let address = common::fixed_address();
+    let a = start(dirs[0].path()).await;
+    let b = start(dirs[1].path()).await;
+    let c = common::start_on(dirs[2].path(), &address).await;
+    introduce(&[&a, &b, &c]).await;
+    let group = a.create_group("g", &[b.id(), c.id()]).await.unwrap();
+    for node in [&b, &c] {
+        until("joined", async || {
+            node.groups().await.unwrap().contains(&group)
+        })
+        .await;
+    }
+    let c_id = c.id();
+    c.stop().await.unwrap();
+    drop(c);
+    a.remove(group, c_id).await.unwrap();
+    until("B sees C removed", async || {
+        !b.members(group).await.unwrap().contains(&c_id)
+    })
+    .await;
+    a.send(group, b"after C was removed").await.unwrap();
+    let c = common::start_on(dirs[2].path(), &address).await;
+    until("C learns it was removed", async || {
+        c.events_since(0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.group == group && matches!(e.event, Event::RemovedMe { .. }))
+    })
+    .await;
+    assert!(
+        !texts(&c, group)
+            .await
+            .contains(&"after C was removed".to_owned())
+    );
+}
