@@ -43,81 +43,188 @@ pub fn proof(token: &str, challenge: &[u8]) -> String {
 pub struct Method {
     pub name: &'static str,
     pub summary: &'static str,
+    /// Its JSON parameters (an object with these fields; the API refuses any other field).
+    pub params: &'static [Param],
 }
+
+/// One parameter of a method.
+#[derive(Debug)]
+pub struct Param {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+/// A parameter's JSON type.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    String,
+    Integer,
+    Boolean,
+    Strings,
+}
+
+const fn required(name: &'static str, kind: Kind, doc: &'static str) -> Param {
+    Param {
+        name,
+        kind,
+        required: true,
+        doc,
+    }
+}
+
+const fn optional(name: &'static str, kind: Kind, doc: &'static str) -> Param {
+    Param {
+        name,
+        kind,
+        required: false,
+        doc,
+    }
+}
+
+const GROUP: Param = required("group", Kind::String, "A group's name or id (hex).");
+const CONTACT: Param = required("contact", Kind::String, "A contact's name or id (hex).");
+const CARD: Param = required(
+    "card",
+    Kind::String,
+    "A contact card (`dspring-card1:...`).",
+);
+const AFTER: Param = optional(
+    "after",
+    Kind::Integer,
+    "The event cursor to continue after (default 0: from the start).",
+);
 
 pub const METHODS: &[Method] = &[
     Method {
         name: "id",
         summary: "This node's member id and contact card.",
+        params: &[],
     },
     Method {
         name: "contact.add",
         summary: "Adds a person from their contact card, under a name.",
+        params: &[
+            CARD,
+            required("name", Kind::String, "The name you give them."),
+        ],
     },
     Method {
         name: "contact.list",
         summary: "The contacts of this node.",
+        params: &[],
     },
     Method {
         name: "contact.show",
         summary: "A contact's id, name, verification and the safety number to compare with them.",
+        params: &[CONTACT],
     },
     Method {
         name: "contact.verify",
         summary: "Marks a contact verified if the safety number they read out matches \
                   (or, with `undo`, not verified).",
+        params: &[
+            CONTACT,
+            optional(
+                "safety_number",
+                Kind::String,
+                "The number they read out (spaces optional).",
+            ),
+            optional(
+                "undo",
+                Kind::Boolean,
+                "Marks the contact not verified instead.",
+            ),
+        ],
     },
     Method {
         name: "group.create",
         summary: "Creates a group with a name and members (contact names or ids).",
+        params: &[
+            required("name", Kind::String, "The group's name."),
+            optional("members", Kind::Strings, "Contact names or ids."),
+        ],
     },
     Method {
         name: "group.list",
         summary: "The groups of this node, with their names.",
+        params: &[],
     },
     Method {
         name: "group.show",
         summary: "A group's name and members.",
+        params: &[GROUP],
     },
     Method {
         name: "group.add",
         summary: "Adds a member (a contact name or id) to a group.",
+        params: &[
+            GROUP,
+            required("member", Kind::String, "A contact's name or id."),
+        ],
     },
     Method {
         name: "group.remove",
         summary: "Removes a member from a group.",
+        params: &[
+            GROUP,
+            required("member", Kind::String, "A member's contact name or id."),
+        ],
     },
     Method {
         name: "group.leave",
         summary: "Asks the group to remove this member: another member's node does (DCGKA has \
                   no removal of oneself); a `removed_me` event follows.",
+        params: &[GROUP],
     },
     Method {
         name: "group.update",
         summary: "Refreshes this member's keys in a group (heals a compromise).",
+        params: &[GROUP],
     },
     Method {
         name: "mailbox.use",
         summary: "Makes the node behind a contact card (a mailbox that has this node as a \
                   contact) one of this node's mailboxes: it keeps this node's groups while \
                   this node is offline, and goes on this node's contact card.",
+        params: &[CARD],
     },
     Method {
         name: "send",
         summary: "Sends a text message to a group.",
+        params: &[GROUP, required("text", Kind::String, "The message.")],
     },
     Method {
         name: "read",
         summary: "A group's messages after an event cursor.",
+        params: &[
+            GROUP,
+            AFTER,
+            optional(
+                "limit",
+                Kind::Integer,
+                "Most messages returned (default 100, at most 1000).",
+            ),
+        ],
     },
     Method {
         name: "events",
         summary: "Events after a cursor (one page); `GET /v1/events` streams them.",
+        params: &[
+            AFTER,
+            optional(
+                "limit",
+                Kind::Integer,
+                "Most events returned (default 100, at most 1000).",
+            ),
+        ],
     },
     Method {
         name: "status",
         summary: "This node's groups, contacts, connections, traffic, outbox, welcomes \
                   waiting, catch-ups in progress and mailboxes.",
+        params: &[],
     },
 ];
 

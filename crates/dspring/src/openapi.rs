@@ -3,7 +3,35 @@
 
 use serde_json::{Value, json};
 
-use crate::api::METHODS;
+use crate::api::{Kind, METHODS, Param};
+
+/// The JSON schema of a method's parameters: an object with exactly these fields.
+fn params_schema(params: &[Param]) -> Value {
+    let mut properties = serde_json::Map::new();
+    for param in params {
+        let mut schema = match param.kind {
+            Kind::String => json!({"type": "string"}),
+            Kind::Integer => json!({"type": "integer", "minimum": 0}),
+            Kind::Boolean => json!({"type": "boolean"}),
+            Kind::Strings => json!({"type": "array", "items": {"type": "string"}}),
+        };
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("description".to_owned(), json!(param.doc));
+        }
+        properties.insert(param.name.to_owned(), schema);
+    }
+    let required: Vec<&str> = params
+        .iter()
+        .filter(|p| p.required)
+        .map(|p| p.name)
+        .collect();
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": properties,
+        "required": required,
+    })
+}
 
 pub fn document() -> Value {
     let error = json!({
@@ -20,8 +48,8 @@ pub fn document() -> Value {
                     "summary": method.summary,
                     "security": [{"bearer": []}],
                     "requestBody": {
-                        "required": false,
-                        "content": {"application/json": {"schema": {"type": "object"}}}
+                        "required": method.params.iter().any(|p| p.required),
+                        "content": {"application/json": {"schema": params_schema(method.params)}}
                     },
                     "responses": {
                         "200": {

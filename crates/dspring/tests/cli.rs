@@ -342,6 +342,34 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
             status == 200 || body["code"] == "invalid_params",
             "{path}: {status} {body}"
         );
+        // Every parameter the document names is one the method takes: a call with all of
+        // them is refused for its values at most, never for an unknown field.
+        let schema = &document["paths"][path.as_str()]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        let mut call = serde_json::Map::new();
+        for (name, param) in schema["properties"].as_object().unwrap() {
+            let value = match param["type"].as_str().unwrap() {
+                "string" => json!("no such thing"),
+                "integer" => json!(0),
+                "boolean" => json!(false),
+                "array" => json!([]),
+                other => panic!("{path}: parameter type {other}"),
+            };
+            call.insert(name.clone(), value);
+        }
+        let (status, body) = http(
+            &alice,
+            path,
+            Some(&token),
+            Value::Object(call).to_string().into_bytes(),
+        );
+        assert!(
+            !body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("unknown field"),
+            "{path}: {status} {body}"
+        );
     }
 
     // Bob's daemon restarts; his event stream resumes after the last event he saw.
