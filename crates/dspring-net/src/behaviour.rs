@@ -87,6 +87,8 @@ impl Behaviour {
             std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
             std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ]);
+        // Thresholds at their defaults: gossip to a peer stops below -10, our publishing to it
+        // below -50, and everything from it is ignored below -80 (graylisted).
         gossipsub.with_peer_score(score, gossipsub::PeerScoreThresholds::default())?;
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         // Records from peers are stored only after the node's check (see `Config`).
@@ -139,5 +141,34 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
         })
+    }
+}
+
+/// Score parameters of a group's topic, set when the node subscribes to it. Without them a
+/// rejected envelope costs its sender nothing: gossipsub counts invalid deliveries per topic
+/// only for topics with parameters.
+///
+/// * Invalid deliveries (P4), what the node rejects (garbage, bad signatures): -10 times the
+///   count squared, the count decaying by 10 % a second. One costs -10, a gossip-threshold
+///   slip an honest peer recovers from; three within seconds cost -90, below the graylist:
+///   everything from that peer is ignored until the count decays (about 10 s).
+/// * First deliveries (P2) earn up to +10 and time in the mesh (P1) up to +6, so that a
+///   useful peer has a margin above one mistake.
+/// * Mesh delivery rates (P3, P3b) are off: a group can be quiet for hours, and P3 would
+///   then score every honest mesh peer down for the messages nobody sent.
+pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: std::time::Duration::from_secs(1),
+        time_in_mesh_cap: 600.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.5,
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
     }
 }

@@ -101,6 +101,8 @@ pub enum Command {
     AddAddress(PeerId, Multiaddr),
     Subscribe(GroupId),
     Unsubscribe(GroupId),
+    /// A peer's gossipsub score.
+    PeerScore(PeerId, oneshot::Sender<Option<f64>>),
     /// Publish an envelope on its group's topic.
     Publish {
         group: GroupId,
@@ -325,6 +327,11 @@ impl Network {
         self.ask(|done| Command::GetRecord { key, done }).await?
     }
 
+    /// A peer's gossipsub score as this node sees it (`None`: not scored, e.g. unknown).
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        self.ask(|done| Command::PeerScore(peer, done)).await
+    }
+
     pub async fn traffic(&self) -> Result<Traffic, NetworkError> {
         self.ask(Command::Traffic).await
     }
@@ -536,6 +543,12 @@ impl Task {
                 if behaviour.gossipsub.subscribe(&topic).is_ok() {
                     self.topics.insert(topic.hash(), group);
                 }
+                if let Err(error) = behaviour
+                    .gossipsub
+                    .set_topic_params(topic, crate::behaviour::topic_score_params())
+                {
+                    tracing::warn!(%error, "topic score parameters");
+                }
             }
             Command::Unsubscribe(group) => {
                 let topic = topic::topic(&group);
@@ -641,6 +654,9 @@ impl Task {
             Command::GetRecord { key, done } => {
                 let id = behaviour.kad.get_record(kad::RecordKey::new(&key));
                 self.record_queries.insert(id, RecordQuery::Get(done));
+            }
+            Command::PeerScore(peer, done) => {
+                let _ = done.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             Command::Traffic(done) => {
                 let behaviour = self.swarm.behaviour();

@@ -194,3 +194,43 @@ async fn gossip_direct_and_sync_between_real_nodes() {
         .unwrap();
     assert_eq!(asked.await.unwrap().unwrap(), page);
 }
+
+/// Envelopes the node rejects cost their sender its gossipsub score on the group's topic:
+/// three put it below the graylist threshold, so what it sends next is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_gossip_costs_the_sender_its_score() {
+    let mut a = start(11, "/ip4/127.0.0.1/tcp/0").await;
+    let b = start(12, "/ip4/127.0.0.1/tcp/0").await;
+    for node in [&a, &b] {
+        node.net.send(Command::Subscribe(GROUP)).await.unwrap();
+    }
+    b.net.send(Command::Dial(a.address.clone())).await.unwrap();
+    next(&mut a.events, |e| matches!(e, Event::Subscribed { .. })).await;
+    let b_id = b.net.local_peer_id;
+    let before = a.net.peer_score(b_id).await.unwrap().unwrap_or(0.0);
+    assert!(before >= 0.0, "a new peer starts at {before}");
+    for i in 0..3u8 {
+        let junk = vec![i; 100];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while b.net.publish(GROUP, junk.clone()).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "mesh never formed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Event::Gossip {
+            message_id, source, ..
+        } = next(&mut a.events, |e| matches!(e, Event::Gossip { .. })).await
+        else {
+            unreachable!()
+        };
+        a.net
+            .send(Command::Validate {
+                message_id,
+                source,
+                verdict: Verdict::Reject,
+            })
+            .await
+            .unwrap();
+    }
+    let after = a.net.peer_score(b_id).await.unwrap().unwrap();
+    assert!(after < -80.0, "three rejected envelopes leave B at {after}");
+}

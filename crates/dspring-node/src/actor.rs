@@ -1788,14 +1788,17 @@ impl Actor {
 }
 
 /// Whether a refused envelope is the sender's fault (penalise) or just not usable here.
+/// Gossip is anonymous: a rejection costs the peer that forwarded the envelope, not its author
+/// (-10 of gossipsub score for one, below the graylist after three; `dspring-net`'s topic
+/// scores).
+/// So only what no honest forwarder passes on is rejected: bytes that are not an envelope, or
+/// a signature that does not verify (the forwarder checked the same bytes against the same
+/// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
+/// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
+/// honest peer before the news that makes them invalid.
 fn verdict_of(error: &ReceiveError) -> Verdict {
     match error {
-        ReceiveError::Malformed(_)
-        | ReceiveError::BadSignature(_)
-        | ReceiveError::NotAMember
-        | ReceiveError::OutOfOrder(_)
-        | ReceiveError::Undecryptable(_)
-        | ReceiveError::Protocol(_) => Verdict::Reject,
+        ReceiveError::Malformed(_) | ReceiveError::BadSignature(_) => Verdict::Reject,
         _ => Verdict::Ignore,
     }
 }
