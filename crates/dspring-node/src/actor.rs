@@ -147,6 +147,8 @@ struct Actor {
     /// Members who asked to leave, and when this node removes them if no other member has
     /// by then (at most [`MAX_LEAVE_REQUESTS`]).
     leave_requests: HashMap<(GroupId, MemberId), tokio::time::Instant>,
+    /// Whose welcomes this node takes.
+    join_from: crate::JoinFrom,
     /// Syncs that have gone on for more than a page: per group and peer, envelopes received
     /// so far and since when (at most [`MAX_SYNC_POSITIONS`]).
     catching_up: HashMap<(GroupId, PeerId), (u64, tokio::time::Instant)>,
@@ -279,6 +281,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         synced: HashMap::new(),
         record_published: None,
         leave_requests: HashMap::new(),
+        join_from: config.join_from,
         catching_up: HashMap::new(),
         _running: running,
     };
@@ -1579,6 +1582,25 @@ impl Actor {
         let Ok(staged) = Group::join(&self.device, group, envelope, &mut self.rng) else {
             return false;
         };
+        if self.join_from == crate::JoinFrom::Contacts {
+            let adder = staged.events.iter().find_map(|event| match event {
+                dspring_proto::Event::Joined { by } => Some(*by),
+                _ => None,
+            });
+            let known = match adder {
+                Some(adder) => self.store.contact(&adder).ok().flatten().is_some(),
+                None => false,
+            };
+            if !known {
+                // Nothing is committed (the one-time prekey the welcome used stays); the
+                // sender's node takes the refusal as an answer and stops offering it.
+                tracing::info!(
+                    ?adder,
+                    "refused a welcome from someone who is not a contact"
+                );
+                return false;
+            }
+        }
         if self.commit(&staged).await.is_err() {
             return false;
         }

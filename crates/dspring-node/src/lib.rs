@@ -132,6 +132,20 @@ pub struct NodeConfig {
     /// A group with no envelope for this long goes idle: it leaves its gossip topic, so it
     /// keeps no connections open, and wakes up when a member sends.
     pub idle_group_after: std::time::Duration,
+    /// Whose welcomes this node takes, i.e. who can add it to a group.
+    pub join_from: JoinFrom,
+}
+
+/// Who can add this node to a group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinFrom {
+    /// Anyone who has this node's contact card or finds its record in the DHT.
+    #[default]
+    Anyone,
+    /// Only this node's contacts: a welcome from anyone else is refused, and its sender's
+    /// node stops offering it (the sender's group lists this node until someone removes it).
+    Contacts,
 }
 
 /// The mailbox role: keep the ciphertext of groups that owners (this node's contacts)
@@ -169,6 +183,7 @@ impl NodeConfig {
             mdns: true,
             mailbox: None,
             idle_group_after: DEFAULT_IDLE_GROUP_AFTER,
+            join_from: JoinFrom::Anyone,
         }
     }
 }

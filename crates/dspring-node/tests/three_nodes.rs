@@ -239,3 +239,32 @@ async fn a_member_removed_while_offline_learns_it_on_return() {
             .contains(&"after C was removed".to_owned())
     );
 }
+
+/// A node that takes welcomes from its contacts only refuses a stranger's group and joins a
+/// contact's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_only_node_refuses_a_strangers_group() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let friend = start(dirs[0].path()).await;
+    let stranger = start(dirs[1].path()).await;
+    let mut config = dspring_node::NodeConfig::new(dirs[2].path());
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    config.mdns = false;
+    config.join_from = dspring_node::JoinFrom::Contacts;
+    let picky = dspring_node::Node::start(config).await.unwrap();
+    introduce(&[&friend, &picky]).await;
+    // The stranger has the picky node's card; the picky node does not have the stranger's.
+    stranger
+        .add_contact(picky.contact().await.unwrap(), "picky")
+        .await
+        .unwrap();
+    let spam = stranger.create_group("spam", &[picky.id()]).await.unwrap();
+    let real = friend.create_group("real", &[picky.id()]).await.unwrap();
+    until("the picky node joins its contact's group", async || {
+        picky.groups().await.unwrap().contains(&real)
+    })
+    .await;
+    // The stranger's welcome was offered at once too, and on every retry since.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(!picky.groups().await.unwrap().contains(&spam));
+}

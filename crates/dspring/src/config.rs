@@ -32,6 +32,10 @@ mdns = true
 # A group with no message for this many seconds leaves its gossip topic and keeps no
 # connections open; it wakes up when anyone in it sends.
 idle_group_after_secs = 120
+# Who can add you to a group: "anyone" who has your contact card (or finds you in the DHT),
+# or "contacts" only. With "contacts", add someone's card before they add you: a welcome
+# from anyone else is refused for good.
+join_from = "anyone"
 
 [mailbox]
 # Serve as a mailbox for your contacts: keep the ciphertext of their groups (never the
@@ -62,6 +66,24 @@ pub struct NetworkSettings {
     pub listen: Vec<String>,
     pub mdns: bool,
     pub idle_group_after_secs: u64,
+    pub join_from: JoinFromSetting,
+}
+
+/// `network.join_from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinFromSetting {
+    Anyone,
+    Contacts,
+}
+
+impl From<JoinFromSetting> for dspring_node::JoinFrom {
+    fn from(setting: JoinFromSetting) -> Self {
+        match setting {
+            JoinFromSetting::Anyone => dspring_node::JoinFrom::Anyone,
+            JoinFromSetting::Contacts => dspring_node::JoinFrom::Contacts,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -82,6 +104,7 @@ impl Default for Config {
                 ],
                 mdns: true,
                 idle_group_after_secs: dspring_node::DEFAULT_IDLE_GROUP_AFTER.as_secs(),
+                join_from: JoinFromSetting::Anyone,
             },
             mailbox: MailboxSettings {
                 serve: false,
@@ -215,6 +238,8 @@ mod tests {
     fn settings_are_read_and_bad_ones_are_clear_errors() {
         let config = Config::parse("[api]\nport = 7070\n[mailbox]\nserve = true\n").unwrap();
         assert_eq!(config.api.port, 7070);
+        let picky = Config::parse("[network]\njoin_from = \"contacts\"\n").unwrap();
+        assert_eq!(picky.network.join_from, JoinFromSetting::Contacts);
         assert!(config.mailbox.serve);
         assert_eq!(config.network, NetworkSettings::default());
         for bad in [
@@ -222,6 +247,7 @@ mod tests {
             "[api]\nport = 70000\n",
             "[network]\nlisten = [\"nonsense\"]\n",
             "[network]\nidle_group_after_secs = 0\n",
+            "[network]\njoin_from = \"friends\"\n",
             "[mailbox]\nretention_days = 99999999999\n",
             "not toml",
         ] {

@@ -96,6 +96,7 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
         .collect::<Result<_, _>>()?;
     node.mdns = config.network.mdns && !options.no_mdns;
     node.idle_group_after = config.idle_group_after();
+    node.join_from = config.network.join_from.into();
     if options.mailbox || config.mailbox.serve {
         node.mailbox = Some(dspring_node::MailboxConfig {
             retention: config.retention(),
