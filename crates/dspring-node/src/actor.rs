@@ -374,7 +374,6 @@ impl Actor {
                         }
                     }
                     self.act_on_leave_requests().await;
-                    self.poll_own_mailboxes();
                     self.rest_idle_groups().await;
                     let busy: Vec<GroupId> = self.last_activity.keys().copied().collect();
                     for group in busy {
@@ -786,25 +785,19 @@ impl Actor {
                     tracing::debug!(%error, "registering with a mailbox");
                 }
             }
-            ask_news(&net, &internal, mailbox, peer, after).await;
-        });
-    }
-
-    /// Asks each own mailbox this node is connected to for news, as it does when one connects:
-    /// a welcome or a removal deposited there while this node stayed connected, or a group
-    /// whose members this node does not reach, comes in within a maintenance round.
-    fn poll_own_mailboxes(&self) {
-        for (mailbox, after) in &self.own_mailboxes {
-            let Ok(peer) = dspring_net::identity::peer_id(mailbox) else {
-                continue;
-            };
-            if !self.connected.contains(&peer) {
-                continue;
+            match net.mailbox(peer, MailboxRequest::News { after }).await {
+                Ok(response) => {
+                    let _ = internal
+                        .send(Internal::News {
+                            mailbox,
+                            peer,
+                            response,
+                        })
+                        .await;
+                }
+                Err(error) => tracing::debug!(%error, "mailbox news"),
             }
-            let (net, internal) = (self.net.clone(), self.internal.clone());
-            let (mailbox, after) = (*mailbox, *after);
-            tokio::spawn(async move { ask_news(&net, &internal, mailbox, peer, after).await });
-        }
+        });
     }
 
     /// Leaves the welcomes waiting for `member` at the mailboxes its card names, in the
@@ -1817,36 +1810,14 @@ impl Actor {
 }
 
 /// Whether a refused envelope is the sender's fault (penalise) or just not usable here.
-/// Asks `mailbox` (at `peer`) which groups have news after `after`; the answer comes back as
-/// an `Internal::News`.
-async fn ask_news(
-    net: &Network,
-    internal: &mpsc::Sender<Internal>,
-    mailbox: MemberId,
-    peer: PeerId,
-    after: u64,
-) {
-    match net.mailbox(peer, MailboxRequest::News { after }).await {
-        Ok(response) => {
-            let _ = internal
-                .send(Internal::News {
-                    mailbox,
-                    peer,
-                    response,
-                })
-                .await;
-        }
-        Err(error) => tracing::debug!(%error, "mailbox news"),
-    }
-}
-
 /// Gossip is anonymous: a rejection costs the peer that forwarded the envelope, not its author
-/// (-10 of gossipsub score for one, below the graylist after three: `dspring-net`'s topic
-/// scores). So only what no honest forwarder passes on is rejected: bytes that are not an
-/// envelope, or a signature that does not verify (the forwarder checked the same bytes against
-/// the same key). The rest is ignored, not forwarded, but not held against the forwarder: a
-/// sender removed concurrently, a stream fork, a message this member cannot decrypt can all
-/// reach an honest peer before the news that makes them invalid.
+/// (-10 of gossipsub score for one, below the graylist after three; `dspring-net`'s topic
+/// scores).
+/// So only what no honest forwarder passes on is rejected: bytes that are not an envelope, or
+/// a signature that does not verify (the forwarder checked the same bytes against the same
+/// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
+/// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
+/// honest peer before the news that makes them invalid.
 fn verdict_of(error: &ReceiveError) -> Verdict {
     match error {
         ReceiveError::Malformed(_) | ReceiveError::BadSignature(_) => Verdict::Reject,
