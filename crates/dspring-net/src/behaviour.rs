@@ -150,8 +150,9 @@ impl Behaviour {
 ///
 /// * Invalid deliveries (P4), what the node rejects (garbage, bad signatures): -10 times the
 ///   count squared, the count decaying by 10 % a second. One costs -10, a gossip-threshold
-///   slip an honest peer recovers from; three within seconds cost -90, below the graylist:
-///   everything from that peer is ignored until the count decays (about 10 s).
+///   slip an honest peer recovers from; three at once cost -90, below the graylist, for about
+///   a second; a peer that keeps sending one a second settles near a count of 10 (-1000) and
+///   stays graylisted while it does.
 /// * First deliveries (P2) earn up to +10 and time in the mesh (P1) up to +6, so that a
 ///   useful peer has a margin above one mistake.
 /// * Mesh delivery rates (P3, P3b) are off: a group can be quiet for hours, and P3 would

@@ -32,8 +32,8 @@ const INTERNAL_QUEUE: usize = 256;
 /// retried.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
 /// A member who asks to leave is removed by the first remaining member, in member-id order,
-/// whose turn comes while the leaver is still in the group: the first at once, the next one
-/// this much later, and so on. Staggered, so that a group does not answer one request with a
+/// whose turn comes while the leaver is still in the group: the first at once, the next two
+/// of these later, and so on. Staggered, so that a group does not answer one request with a
 /// removal from every member (each costs a message to every member); a member's turn is
 /// checked at its maintenance round.
 const LEAVE_STAGGER: Duration = MAINTENANCE_INTERVAL;
@@ -93,6 +93,11 @@ enum Internal {
         /// The marks the request carried: the next page of the same sync asks with them
         /// again, instead of computing them anew over the whole log for every page.
         marks: Vec<Mark>,
+    },
+    /// A sync request failed: its catch-up, if it was one, has ended.
+    SyncFailed {
+        group: GroupId,
+        peer: PeerId,
     },
     /// One of our mailboxes answered a news request.
     News {
@@ -1093,7 +1098,10 @@ impl Actor {
             .filter(|m| **m != leaver)
             .position(|m| *m == me)
             .unwrap_or(0);
-        let turn = LEAVE_STAGGER.saturating_mul(u32::try_from(rank).unwrap_or(u32::MAX));
+        // Two rounds apart: each node checks its turn at its own maintenance round, so one
+        // round apart the first and the second could both act in the same instant.
+        let turn =
+            LEAVE_STAGGER.saturating_mul(u32::try_from(rank.saturating_mul(2)).unwrap_or(u32::MAX));
         self.leave_requests
             .insert((group.id(), leaver), tokio::time::Instant::now() + turn);
     }
@@ -1263,8 +1271,14 @@ impl Actor {
             } => {
                 let judged = self.judge(group, envelope);
                 // The core has checked it: forward it now, commit after (forwarding is not
-                // delivery, and the next hop need not wait for this node's disk).
+                // delivery, and the next hop need not wait for this node's disk). One that
+                // only went into the delivery buffer has not been verified yet (its
+                // signature is checked on delivery): it is kept but not forwarded, so that a
+                // forgery cannot make this node the forwarder a peer further on penalises.
                 let verdict = match &judged {
+                    Ok(staged) if staged.delivered.is_empty() && staged.events.is_empty() => {
+                        Verdict::Ignore
+                    }
                     Ok(_) => Verdict::Accept,
                     Err(verdict) => *verdict,
                 };
@@ -1650,7 +1664,10 @@ impl Actor {
                         })
                         .await;
                 }
-                Err(error) => tracing::debug!(%error, "sync"),
+                Err(error) => {
+                    tracing::debug!(%error, "sync");
+                    let _ = internal.send(Internal::SyncFailed { group, peer }).await;
+                }
             }
         });
     }
@@ -1777,7 +1794,9 @@ impl Actor {
                 for (group, envelope) in welcomes {
                     if !self.groups.contains_key(&group) {
                         self.join(group, envelope, peer).await;
-                    } else if let Ok(staged) = self.judge(group, envelope) {
+                    } else if let Ok(staged) = self.judge(group, envelope)
+                        && !(staged.delivered.is_empty() && staged.events.is_empty())
+                    {
                         // What a mailbox holds for a member of the group: its removal, which
                         // it cannot fetch by sync (members answer members only).
                         if let Err(error) = self.commit(&staged).await {
@@ -1795,13 +1814,23 @@ impl Actor {
             Internal::RecordPublished => {
                 self.record_published = Some(tokio::time::Instant::now());
             }
+            Internal::SyncFailed { group, peer } => {
+                self.catching_up.remove(&(group, peer));
+            }
             Internal::Deposited {
                 member,
                 group,
                 mailbox,
             } => {
                 self.deposited.insert((member, group, mailbox));
-                if self.groups.get(&group).is_some_and(Group::is_active) {
+                // A mailbox joins the group's mailboxes only for a member of the group: what
+                // it holds for a removed member is that member's removal, and the group must
+                // not go on serving its ciphertext to the removed member's mailbox.
+                if self
+                    .groups
+                    .get(&group)
+                    .is_some_and(|g| g.is_active() && g.members().contains(&member))
+                {
                     self.announce_mailbox(group, mailbox).await;
                 }
             }

@@ -219,7 +219,7 @@ impl Store {
             "SELECT sender, control_seq, epoch, idx FROM envelopes
              WHERE group_ref = ?1 ORDER BY sender",
         )?;
-        contiguous_marks(statement.query([group_ref])?, "envelopes")
+        contiguous_marks(statement.query([group_ref])?, "envelopes", false)
     }
 
     /// Per sender, the highest positions the group log holds.
@@ -437,8 +437,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes outbox entries the network has taken. Entries not removed (a crash before this
-    /// call) are handed out again: delivery is at least once, and receivers drop replays.
     /// Envelopes waiting to be handed to the network.
     pub fn outbox_len(&self) -> Result<u64, StoreError> {
         let count: i64 = self
@@ -448,6 +446,8 @@ impl Store {
         Ok(from_sql_int(count, "outbox", "count")?)
     }
 
+    /// Removes outbox entries the network has taken. Entries not removed (a crash before this
+    /// call) are handed out again: delivery is at least once, and receivers drop replays.
     pub fn outbox_sent(&mut self, ids: &[u64]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for id in ids {

@@ -178,7 +178,11 @@ impl Store {
             "SELECT sender, control_seq, epoch, idx FROM mailbox_envelopes
              WHERE group_id = ?1 AND sender IS NOT NULL ORDER BY sender",
         )?;
-        contiguous_marks(statement.query([group.as_bytes()])?, "mailbox_envelopes")
+        contiguous_marks(
+            statement.query([group.as_bytes()])?,
+            "mailbox_envelopes",
+            true,
+        )
     }
 
     /// A served group's envelopes after position `after` that a peer with these marks lacks;

@@ -21,9 +21,13 @@ use crate::log::HeldMark;
 
 /// Per sender, the mark up to which the rows (sender, control seq, epoch, index), ordered by
 /// sender, hold its stream without a hole.
+///
+/// `every_epoch`: look for holes in every epoch (a mailbox keeps whatever it is given), or
+/// only in each sender's newest (a member: see [`application_mark`]).
 pub(crate) fn contiguous_marks(
     mut rows: Rows<'_>,
     table: &'static str,
+    every_epoch: bool,
 ) -> Result<HashMap<ShortId, HeldMark>, StoreError> {
     let mut marks = HashMap::new();
     let mut current: Option<ShortId> = None;
@@ -36,7 +40,7 @@ pub(crate) fn contiguous_marks(
             .map_err(|_| Corrupt::new(table, "sender", "sender is not 8 bytes"))?;
         if current != Some(sender) {
             if let Some(done) = current {
-                marks.insert(done, contiguous_mark(&mut controls, &mut apps));
+                marks.insert(done, contiguous_mark(&mut controls, &mut apps, every_epoch));
             }
             current = Some(sender);
         }
@@ -53,7 +57,7 @@ pub(crate) fn contiguous_marks(
         }
     }
     if let Some(done) = current {
-        marks.insert(done, contiguous_mark(&mut controls, &mut apps));
+        marks.insert(done, contiguous_mark(&mut controls, &mut apps, every_epoch));
     }
     Ok(marks)
 }
@@ -61,7 +65,11 @@ pub(crate) fn contiguous_marks(
 /// One sender's mark from the positions held of it (emptied for reuse). The control part is
 /// the end of the first run of consecutive seqs (0 if none); the application part is the
 /// position just before the first proven hole, or the highest held if there is none.
-pub(crate) fn contiguous_mark(controls: &mut Vec<u64>, apps: &mut Vec<(u64, u64)>) -> HeldMark {
+pub(crate) fn contiguous_mark(
+    controls: &mut Vec<u64>,
+    apps: &mut Vec<(u64, u64)>,
+    every_epoch: bool,
+) -> HeldMark {
     controls.sort_unstable();
     controls.dedup();
     apps.sort_unstable();
@@ -73,30 +81,40 @@ pub(crate) fn contiguous_mark(controls: &mut Vec<u64>, apps: &mut Vec<(u64, u64)
         .map(|(seq, _)| *seq)
         .or_else(|| controls.last().copied())
         .unwrap_or(0);
-    let application = application_mark(controls, apps);
+    let application = application_mark(controls, apps, every_epoch);
     controls.clear();
     apps.clear();
     (control, application)
 }
 
-/// `apps` sorted and without repeats; `controls` sorted.
-fn application_mark(controls: &[u64], apps: &[(u64, u64)]) -> Option<(u64, u64)> {
+/// `apps` sorted and without repeats; `controls` sorted. Unless `every_epoch`, only the
+/// sender's newest epoch held is searched for holes: a member drops a message of an epoch its
+/// sender has moved past (the core treats it as a replay), so a hole there could never be
+/// filled, and asking for it would have the peer send the rest of the stream at every sync.
+fn application_mark(
+    controls: &[u64],
+    apps: &[(u64, u64)],
+    every_epoch: bool,
+) -> Option<(u64, u64)> {
     let first_epoch = apps.first()?.0;
+    let newest_epoch = apps.last()?.0;
     let mut previous: Option<(u64, u64)> = None;
     for &(epoch, index) in apps {
-        let expected = match previous {
-            Some((held_epoch, held_index)) if held_epoch == epoch => held_index + 1,
-            // The first envelope held of an epoch: the epoch starts at index 0 if the
-            // holder saw it start (an earlier epoch, or the control message that began it).
-            _ if epoch != first_epoch || controls.binary_search(&epoch).is_ok() => 0,
-            _ => index,
-        };
-        if index != expected {
-            // The hole is at (epoch, expected): mark the position just before it.
-            return Some(match expected.checked_sub(1) {
-                Some(before) => (epoch, before),
-                None => previous.unwrap_or((epoch.checked_sub(1)?, u64::MAX)),
-            });
+        if every_epoch || epoch == newest_epoch {
+            let expected = match previous {
+                Some((held_epoch, held_index)) if held_epoch == epoch => held_index + 1,
+                // The first envelope held of the epoch: it starts at index 0 if the holder
+                // saw it start (an earlier epoch, or the control message that began it).
+                _ if epoch != first_epoch || controls.binary_search(&epoch).is_ok() => 0,
+                _ => index,
+            };
+            if index != expected {
+                // The hole is at (epoch, expected): mark the position just before it.
+                return Some(match expected.checked_sub(1) {
+                    Some(before) => (epoch, before),
+                    None => previous.unwrap_or((epoch.checked_sub(1)?, u64::MAX)),
+                });
+            }
         }
         previous = Some((epoch, index));
     }
@@ -110,8 +128,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A mailbox's mark (holes searched in every epoch).
     fn mark(controls: &[u64], apps: &[(u64, u64)]) -> HeldMark {
-        contiguous_mark(&mut controls.to_vec(), &mut apps.to_vec())
+        contiguous_mark(&mut controls.to_vec(), &mut apps.to_vec(), true)
+    }
+
+    /// A member's mark (holes searched in each sender's newest epoch only).
+    fn member_mark(controls: &[u64], apps: &[(u64, u64)]) -> HeldMark {
+        contiguous_mark(&mut controls.to_vec(), &mut apps.to_vec(), false)
     }
 
     #[test]
@@ -135,6 +159,15 @@ mod tests {
         assert_eq!(mark(&[], &[(2, 0), (2, 1), (2, 3)]).1, Some((2, 1)));
         // The same in a later epoch; the earlier epoch counts as complete.
         assert_eq!(mark(&[], &[(2, 0), (5, 0), (5, 2)]).1, Some((5, 0)));
+    }
+
+    #[test]
+    fn a_member_does_not_ask_for_a_hole_in_an_epoch_the_sender_moved_past() {
+        // A member can no longer take index 1 of epoch 2 once epoch 5 has begun; a mailbox
+        // can.
+        assert_eq!(member_mark(&[], &[(2, 0), (2, 2), (5, 0)]).1, Some((5, 0)));
+        assert_eq!(mark(&[], &[(2, 0), (2, 2), (5, 0)]).1, Some((2, 0)));
+        assert_eq!(member_mark(&[], &[(5, 0), (5, 2)]).1, Some((5, 0)));
     }
 
     #[test]
@@ -170,7 +203,9 @@ mod tests {
                 all_controls.iter().copied().filter(|_| *flags.next().unwrap()).collect();
             let apps: Vec<(u64, u64)> =
                 all_apps.iter().copied().filter(|_| *flags.next().unwrap()).collect();
-            let (control_mark, app_mark) = mark(&controls, &apps);
+            let every_epoch = kept[0];
+            let (control_mark, app_mark) =
+                contiguous_mark(&mut controls.clone(), &mut apps.clone(), every_epoch);
 
             // Controls: everything from the first held up to the mark is held, and the seq
             // after the mark is not.
@@ -184,12 +219,14 @@ mod tests {
                 None => prop_assert_eq!(control_mark, 0),
             }
 
-            // Applications: a missing position is a provable hole if a later one of its
-            // epoch is held and the holder knows where that epoch starts for it.
+            // Applications: a missing position is a provable hole if it is in an epoch
+            // searched (every epoch, or the newest held), a later one of that epoch is held,
+            // and the holder knows where the epoch starts for it.
             let provable = |p: &(u64, u64)| {
                 let first = apps[0];
+                let newest = apps[apps.len() - 1].0;
                 let start_seen = p.0 != first.0 || controls.contains(&first.0);
-                p.0 >= first.0
+                (every_epoch || p.0 == newest)
                     && apps.iter().any(|q| q.0 == p.0 && q.1 > p.1)
                     && (start_seen || *p > first)
             };

@@ -10,6 +10,8 @@ use crate::home::{Home, HomeError};
 /// one message, JSON-escaped (a control character takes six bytes).
 const MAX_EVENT_LINE: usize = 6 * crate::api::MAX_MESSAGE_BYTES + 4096;
 
+/// Largest answer to a proof request the client reads: ours is under 100 bytes.
+const MAX_PROOF_ANSWER: usize = 1024;
 /// How long the daemon has to prove itself: on loopback it answers at once, and whatever
 /// does not is not our daemon.
 const PROOF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -90,10 +92,18 @@ impl Client {
             .send()
             .await
             .map_err(|e| client.unreachable(e))?;
-        let answer: Value = response
-            .json()
-            .await
-            .map_err(|_| ClientError::NotOurDaemon(client.address))?;
+        // Whatever answers may not be our daemon: read at most a proof's worth.
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|_| ClientError::NotOurDaemon(client.address))?;
+            if body.len() + chunk.len() > MAX_PROOF_ANSWER {
+                return Err(ClientError::NotOurDaemon(client.address));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let answer: Value =
+            serde_json::from_slice(&body).map_err(|_| ClientError::NotOurDaemon(client.address))?;
         let expected = crate::api::proof(&client.token, &challenge);
         let given = answer.get("proof").and_then(Value::as_str).unwrap_or("");
         if !bool::from(subtle::ConstantTimeEq::ct_eq(

@@ -35,6 +35,9 @@ pub const MAX_EVENT_STREAMS: usize = 16;
 /// A client sends its request headers within this time of connecting (or of its previous
 /// request), or the connection is closed: a connection that sends nothing holds no slot.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's body arrives within this time of its headers, or the request is refused: a
+/// client that trickles a body would otherwise hold one of the connection slots for good.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in progress to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -116,7 +119,9 @@ pub fn prepare(home: &Home) -> Result<(), DaemonError> {
 /// `dspring init`: sets up the profile and creates its identity (the node's keys), without
 /// going on the network. Run again, it shows the identity it made.
 pub async fn init(home: &Home) -> Result<serde_json::Value, DaemonError> {
-    if home.address().is_ok() {
+    // A daemon that proves it holds this profile's token is running; an address file alone
+    // may be left from a crash.
+    if crate::client::Client::connect(home).await.is_ok() {
         return Err(DaemonError::Running(home.dir().to_owned()));
     }
     prepare(home)?;
@@ -299,15 +304,28 @@ async fn method_inner(
     body: Body,
 ) -> Result<serde_json::Value, ApiError> {
     authorize(app, headers)?;
-    let bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                413,
-                "too_large",
-                format!("a request body is at most {MAX_REQUEST_BYTES} bytes"),
-            )
-        })?;
+    let bytes = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REQUEST_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            408,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )
+    })?
+    .map_err(|_| {
+        ApiError::new(
+            413,
+            "too_large",
+            format!("a request body is at most {MAX_REQUEST_BYTES} bytes"),
+        )
+    })?;
     let params = if bytes.iter().all(u8::is_ascii_whitespace) {
         serde_json::Value::Object(serde_json::Map::new())
     } else {

@@ -56,7 +56,7 @@ pub fn document() -> Value {
                             "description": "The result",
                             "content": {"application/json": {"schema": {}}}
                         },
-                        "400": error, "401": error, "404": error, "409": error,
+                        "400": error, "401": error, "404": error, "408": error, "409": error,
                         "413": error, "500": error, "503": error
                     }
                 }
