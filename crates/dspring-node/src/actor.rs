@@ -1276,9 +1276,7 @@ impl Actor {
                 // signature is checked on delivery): it is kept but not forwarded, so that a
                 // forgery cannot make this node the forwarder a peer further on penalises.
                 let verdict = match &judged {
-                    Ok(staged) if staged.delivered.is_empty() && staged.events.is_empty() => {
-                        Verdict::Ignore
-                    }
+                    Ok(staged) if only_buffered(staged) => Verdict::Ignore,
                     Ok(_) => Verdict::Accept,
                     Err(verdict) => *verdict,
                 };
@@ -1795,7 +1793,7 @@ impl Actor {
                     if !self.groups.contains_key(&group) {
                         self.join(group, envelope, peer).await;
                     } else if let Ok(staged) = self.judge(group, envelope)
-                        && !(staged.delivered.is_empty() && staged.events.is_empty())
+                        && !only_buffered(&staged)
                     {
                         // What a mailbox holds for a member of the group: its removal, which
                         // it cannot fetch by sync (members answer members only).
@@ -1839,6 +1837,11 @@ impl Actor {
 }
 
 /// Whether a refused envelope is the sender's fault (penalise) or just not usable here.
+/// A step that delivered nothing: the envelope went into the delivery buffer, unverified yet.
+fn only_buffered(staged: &Staged) -> bool {
+    staged.delivered.is_empty() && staged.events.is_empty()
+}
+
 /// Gossip is anonymous: a rejection costs the peer that forwarded the envelope, not its author
 /// (-10 of gossipsub score for one, below the graylist after three; `dspring-net`'s topic
 /// scores).

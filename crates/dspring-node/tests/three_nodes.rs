@@ -147,14 +147,19 @@ async fn one_contact_card_welcomes_into_several_groups() {
     }
 }
 
-/// A member who leaves is removed by another member's node, once (not by every member), and
-/// reads nothing sent after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+/// A, B and C (C listening on `c_listen`) in a group A created, once B and C have joined.
+async fn group_of_three(
+    dirs: &[tempfile::TempDir],
+    c_listen: &str,
+) -> (
+    dspring_node::Node,
+    dspring_node::Node,
+    dspring_node::Node,
+    dspring_proto::GroupId,
+) {
     let a = start(dirs[0].path()).await;
     let b = start(dirs[1].path()).await;
-    let c = start(dirs[2].path()).await;
+    let c = common::start_on(dirs[2].path(), c_listen).await;
     introduce(&[&a, &b, &c]).await;
     let group = a.create_group("g", &[b.id(), c.id()]).await.unwrap();
     for node in [&b, &c] {
@@ -163,6 +168,15 @@ async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
         })
         .await;
     }
+    (a, b, c, group)
+}
+
+/// A member who leaves is removed by another member's node, once (not by every member), and
+/// reads nothing sent after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, b, c, group) = group_of_three(&dirs, "/ip4/127.0.0.1/tcp/0").await;
     let mut c_events = Box::pin(c.events(0));
     c.leave(group).await.unwrap();
     for node in [&a, &b] {
@@ -204,17 +218,7 @@ async fn a_member_who_leaves_is_removed_once_and_reads_nothing_after() {
 async fn a_member_removed_while_offline_learns_it_on_return() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let address = common::fixed_address();
-    let a = start(dirs[0].path()).await;
-    let b = start(dirs[1].path()).await;
-    let c = common::start_on(dirs[2].path(), &address).await;
-    introduce(&[&a, &b, &c]).await;
-    let group = a.create_group("g", &[b.id(), c.id()]).await.unwrap();
-    for node in [&b, &c] {
-        until("joined", async || {
-            node.groups().await.unwrap().contains(&group)
-        })
-        .await;
-    }
+    let (a, b, c, group) = group_of_three(&dirs, &address).await;
     let c_id = c.id();
     c.stop().await.unwrap();
     drop(c);
