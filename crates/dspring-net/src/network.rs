@@ -180,6 +180,10 @@ pub struct Traffic {
     pub connections: u32,
     /// Peers in this node's gossipsub meshes now, summed over its topics.
     pub mesh_peers: u32,
+    /// Peers in this node's DHT routing table.
+    pub dht_peers: u32,
+    /// The first DHT bootstrap from the configured peers has not finished yet.
+    pub bootstrapping: bool,
 }
 
 #[derive(Debug)]
@@ -378,9 +382,12 @@ pub fn spawn(
     for (peer, address) in &config.bootstrap {
         swarm.behaviour_mut().kad.add_address(peer, address.clone());
     }
-    if !config.bootstrap.is_empty() {
-        let _ = swarm.behaviour_mut().kad.bootstrap();
-    }
+    // Later rounds are kad's own: periodically, and when the routing table gains a peer.
+    let first_bootstrap = if config.bootstrap.is_empty() {
+        None
+    } else {
+        swarm.behaviour_mut().kad.bootstrap().ok()
+    };
     let local_peer_id = *swarm.local_peer_id();
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
@@ -399,6 +406,7 @@ pub fn spawn(
         sync_sent: 0,
         record_check,
         record_queries: HashMap::new(),
+        first_bootstrap,
     };
     tokio::spawn(task.run());
     Ok((
@@ -432,6 +440,20 @@ struct Task {
     sync_sent: u64,
     record_check: Option<RecordCheck>,
     record_queries: HashMap<kad::QueryId, RecordQuery>,
+    /// The first bootstrap query, until it finishes.
+    first_bootstrap: Option<kad::QueryId>,
+}
+
+impl Task {
+    /// Peers in the DHT routing table.
+    fn dht_peers(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|bucket| bucket.num_entries())
+            .sum()
+    }
 }
 
 /// The requests of one request-response protocol in flight, both ways.
@@ -665,6 +687,7 @@ impl Task {
                     .topics()
                     .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
                     .sum::<usize>();
+                let dht_peers = self.dht_peers();
                 let _ = done.send(Traffic {
                     sync_sent: self.sync_sent,
                     connections: self
@@ -673,6 +696,8 @@ impl Task {
                         .connection_counters()
                         .num_established(),
                     mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
+                    dht_peers: u32::try_from(dht_peers).unwrap_or(u32::MAX),
+                    bootstrapping: self.first_bootstrap.is_some(),
                     ..traffic(&self.registry)
                 });
             }
@@ -815,6 +840,20 @@ impl Task {
                     let behaviour = self.swarm.behaviour_mut();
                     behaviour.addresses.add(peer, address.clone());
                     behaviour.kad.add_address(&peer, address);
+                }
+                None
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::Bootstrap(result),
+                step,
+                ..
+            }) if Some(id) == self.first_bootstrap && step.last => {
+                self.first_bootstrap = None;
+                let peers = self.dht_peers();
+                match result {
+                    Ok(_) => tracing::info!(peers, "DHT bootstrap finished"),
+                    Err(error) => tracing::warn!(%error, peers, "DHT bootstrap"),
                 }
                 None
             }

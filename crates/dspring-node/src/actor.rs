@@ -115,6 +115,17 @@ enum Internal {
     },
 }
 
+/// The news of one own mailbox being fetched.
+struct NewsFetch {
+    mailbox: MemberId,
+    /// Groups the news named whose sync from the mailbox has not finished yet.
+    syncing: HashSet<GroupId>,
+    /// The mailbox's cursor after these news.
+    cursor: u64,
+    /// The mailbox had more news than one answer holds: ask again from `cursor`.
+    more: bool,
+}
+
 struct Actor {
     store: Store,
     device: Device,
@@ -131,8 +142,11 @@ struct Actor {
     /// Mailbox role: peers on each served group's topic (where to sync from), and bytes held.
     subscribers: HashMap<GroupId, HashSet<PeerId>>,
     mailbox_bytes: HashMap<GroupId, u64>,
-    /// This node's mailboxes, and their news position read up to (this run).
+    /// This node's mailboxes, and their news position read up to (kept in the store).
     own_mailboxes: HashMap<MemberId, u64>,
+    /// News being fetched, per mailbox peer: the cursor moves only once every group the
+    /// news named has synced, so that a crash or a failed sync leaves the news to ask again.
+    news_fetching: HashMap<PeerId, NewsFetch>,
     /// Mailboxes announced in each group.
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
     /// Each named group's current name.
@@ -178,6 +192,14 @@ fn random_seed() -> Result<[u8; 32], NodeError> {
 }
 
 pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    let bootstrap = config
+        .bootstrap
+        .iter()
+        .map(|address| match address.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, address.clone())),
+            _ => Err(NodeError::BootstrapAddress(address.clone())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut store = Store::open(&config.data_dir, None)?;
     let mut rng = ChaCha20Rng::from_seed(random_seed()?);
     let device = match store.device()? {
@@ -194,6 +216,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         key,
         dspring_net::Config {
             listen: config.listen.clone(),
+            bootstrap,
             mdns: config.mdns,
             record_check: Some(dspring_net::RecordCheck(std::sync::Arc::new(
                 |key, value| crate::record::check(key, value, now_ms()).is_some(),
@@ -218,8 +241,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             net.send(Command::Subscribe(served.group)).await?;
         }
     }
-    let own_mailboxes: HashMap<MemberId, u64> =
-        store.own_mailboxes()?.into_iter().map(|m| (m, 0)).collect();
+    let own_mailboxes: HashMap<MemberId, u64> = store.own_mailboxes()?.into_iter().collect();
     let mut group_mailboxes: HashMap<GroupId, HashSet<MemberId>> = HashMap::new();
     for (group, mailbox) in store.group_mailboxes()? {
         group_mailboxes.entry(group).or_default().insert(mailbox);
@@ -278,6 +300,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         subscribers: HashMap::new(),
         mailbox_bytes: HashMap::new(),
         own_mailboxes,
+        news_fetching: HashMap::new(),
         group_mailboxes,
         group_names,
         deposited: HashSet::new(),
@@ -549,6 +572,15 @@ impl Actor {
             Request::Traffic(reply) => {
                 let _ = reply.send(self.net.traffic().await.map_err(Into::into));
             }
+            Request::DialAddresses(reply) => {
+                let peer = libp2p::multiaddr::Protocol::P2p(self.net.local_peer_id);
+                let addresses = self
+                    .addresses
+                    .iter()
+                    .map(|address| address.clone().with(peer.clone()))
+                    .collect();
+                let _ = reply.send(Ok(addresses));
+            }
             Request::MailboxHeld(group, reply) => {
                 let _ = reply.send(self.store.mailbox_usage(&group).map_err(Into::into));
             }
@@ -790,19 +822,36 @@ impl Actor {
                     tracing::debug!(%error, "registering with a mailbox");
                 }
             }
-            match net.mailbox(peer, MailboxRequest::News { after }).await {
-                Ok(response) => {
-                    let _ = internal
-                        .send(Internal::News {
-                            mailbox,
-                            peer,
-                            response,
-                        })
-                        .await;
-                }
-                Err(error) => tracing::debug!(%error, "mailbox news"),
-            }
+            ask_news(&net, &internal, mailbox, peer, after).await;
         });
+    }
+
+    /// Moves an own mailbox's news cursor once every group its news named has synced, and
+    /// asks for the rest if the news did not fit one answer.
+    fn news_synced(&mut self, peer: PeerId, group: Option<GroupId>) {
+        let Some(fetch) = self.news_fetching.get_mut(&peer) else {
+            return;
+        };
+        if let Some(group) = group {
+            fetch.syncing.remove(&group);
+        }
+        if !fetch.syncing.is_empty() {
+            return;
+        }
+        let Some(fetch) = self.news_fetching.remove(&peer) else {
+            return;
+        };
+        if let Err(error) = self.store.set_news_cursor(&fetch.mailbox, fetch.cursor) {
+            tracing::warn!(%error, "keeping a mailbox news cursor");
+            return;
+        }
+        self.own_mailboxes.insert(fetch.mailbox, fetch.cursor);
+        if fetch.more {
+            let (net, internal) = (self.net.clone(), self.internal.clone());
+            tokio::spawn(async move {
+                ask_news(&net, &internal, fetch.mailbox, peer, fetch.cursor).await;
+            });
+        }
     }
 
     /// Leaves the welcomes waiting for `member` at the mailboxes its card names, in the
@@ -1022,6 +1071,7 @@ impl Actor {
             busy_groups: self.last_activity.len(),
             catching_up: catching_up.into_values().collect(),
             own_mailboxes: self.own_mailboxes.len(),
+            fetching_news: self.news_fetching.len(),
             mailbox_groups: match self.mailbox {
                 Some(_) => Some(self.store.mailbox_groups()?.len()),
                 None => None,
@@ -1561,10 +1611,10 @@ impl Actor {
     }
 
     /// Takes a sync page through the core, each envelope on the state the previous one left,
-    /// and commits the accepted ones together.
-    async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) {
+    /// and commits the accepted ones together. False if the store failed.
+    async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) -> bool {
         let Some(base) = self.groups.get(&group) else {
-            return;
+            return true;
         };
         let mut steps: Vec<Staged> = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
@@ -1575,11 +1625,13 @@ impl Actor {
             }
         }
         if steps.is_empty() {
-            return;
+            return true;
         }
         if let Err(error) = self.commit_steps(&steps).await {
             tracing::warn!(%error, "committing a sync page");
+            return false;
         }
+        true
     }
 
     /// Joins a group from a welcome, then catches up from the peer that sent it.
@@ -1754,7 +1806,10 @@ impl Actor {
                     response.next.is_some(),
                 );
                 if member {
-                    self.receive_page(group, response.envelopes).await;
+                    if !self.receive_page(group, response.envelopes).await {
+                        // Not kept: news that led to this sync stay unread.
+                        self.news_fetching.remove(&peer);
+                    }
                 } else {
                     for envelope in response.envelopes {
                         self.mailbox_keep(group, &envelope);
@@ -1773,6 +1828,7 @@ impl Actor {
                         if self.synced.len() < MAX_SYNC_POSITIONS {
                             self.synced.insert((group, peer), response.end);
                         }
+                        self.news_synced(peer, Some(group));
                     }
                 }
             }
@@ -1802,18 +1858,32 @@ impl Actor {
                         }
                     }
                 }
+                let more = groups.len() >= MAX_NEWS_ITEMS;
+                let mut syncing = HashSet::new();
                 for group in groups {
                     if self.groups.get(&group).is_some_and(Group::is_active) {
                         self.request_sync(group, peer, 0);
+                        syncing.insert(group);
                     }
                 }
-                self.own_mailboxes.insert(mailbox, cursor);
+                self.news_fetching.insert(
+                    peer,
+                    NewsFetch {
+                        mailbox,
+                        syncing,
+                        cursor,
+                        more,
+                    },
+                );
+                self.news_synced(peer, None);
             }
             Internal::RecordPublished => {
                 self.record_published = Some(tokio::time::Instant::now());
             }
             Internal::SyncFailed { group, peer } => {
                 self.catching_up.remove(&(group, peer));
+                // The news stay unread: asked again when the mailbox next connects.
+                self.news_fetching.remove(&peer);
             }
             Internal::Deposited {
                 member,
@@ -1850,6 +1920,29 @@ fn only_buffered(staged: &Staged) -> bool {
 /// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
 /// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
 /// honest peer before the news that makes them invalid.
+/// Asks an own mailbox which groups have news after `after`; the answer comes back as
+/// `Internal::News`.
+async fn ask_news(
+    net: &Network,
+    internal: &mpsc::Sender<Internal>,
+    mailbox: MemberId,
+    peer: PeerId,
+    after: u64,
+) {
+    match net.mailbox(peer, MailboxRequest::News { after }).await {
+        Ok(response) => {
+            let _ = internal
+                .send(Internal::News {
+                    mailbox,
+                    peer,
+                    response,
+                })
+                .await;
+        }
+        Err(error) => tracing::debug!(%error, "mailbox news"),
+    }
+}
+
 fn verdict_of(error: &ReceiveError) -> Verdict {
     match error {
         ReceiveError::Malformed(_) | ReceiveError::BadSignature(_) => Verdict::Reject,

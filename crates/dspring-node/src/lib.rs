@@ -65,6 +65,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_net::Traffic;
 pub use libp2p::Multiaddr;
+pub use libp2p::multiaddr::Protocol;
 pub use safety::{safety_number, same_safety_number};
 
 /// What the node is doing, for a status display.
@@ -81,6 +82,9 @@ pub struct NodeStatus {
     pub catching_up: Vec<CatchUp>,
     /// This node's own mailboxes.
     pub own_mailboxes: usize,
+    /// Own mailboxes whose news (groups with envelopes while this node was away) are being
+    /// fetched.
+    pub fetching_news: usize,
     /// Groups this node keeps as a mailbox (`None`: it is not one).
     pub mailbox_groups: Option<usize>,
 }
@@ -134,6 +138,10 @@ pub struct NodeConfig {
     pub idle_group_after: std::time::Duration,
     /// Whose welcomes this node takes, i.e. who can add it to a group.
     pub join_from: JoinFrom,
+    /// Nodes to join the DHT through, each address ending in `/p2p/<peer id>` (another
+    /// node's [`Node::dial_addresses`]). Without any, the node finds peers by mDNS and from
+    /// its contacts' cards only.
+    pub bootstrap: Vec<Multiaddr>,
 }
 
 /// Who can add this node to a group.
@@ -184,6 +192,7 @@ impl NodeConfig {
             mailbox: None,
             idle_group_after: DEFAULT_IDLE_GROUP_AFTER,
             join_from: JoinFrom::Anyone,
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -211,6 +220,8 @@ pub enum NodeError {
     NameTooLong { max: usize },
     #[error("no valid record of {0} in the DHT")]
     NotFound(MemberId),
+    #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
+    BootstrapAddress(Multiaddr),
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -236,6 +247,7 @@ pub(crate) enum Request {
     UseMailbox(ContactCard, Reply<()>),
     Block(MemberId, bool, Reply<()>),
     Traffic(Reply<dspring_net::Traffic>),
+    DialAddresses(Reply<Vec<Multiaddr>>),
     Lookup(MemberId, Reply<ContactCard>),
     MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
@@ -465,6 +477,12 @@ impl Node {
     /// Bytes this node's connections carried since it started.
     pub async fn traffic(&self) -> Result<dspring_net::Traffic, NodeError> {
         self.ask(Request::Traffic).await
+    }
+
+    /// The addresses this node listens on, each ending in `/p2p/<peer id>`: what another
+    /// node names to bootstrap from this one ([`NodeConfig::bootstrap`]).
+    pub async fn dial_addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        self.ask(Request::DialAddresses).await
     }
 
     /// Mailbox role: envelopes and bytes held for `group`.

@@ -90,3 +90,47 @@ async fn a_member_without_a_record_is_not_found() {
     let group = a.create_group("test", &[b.id()]).await.unwrap();
     assert!(a.add(group, nobody).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_share_no_card_find_each_other_through_a_bootstrap_node() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hub = start(dirs[0].path()).await;
+    let hub_addresses = hub.dial_addresses().await.unwrap();
+    assert!(!hub_addresses.is_empty());
+    let with_bootstrap = |dir: &std::path::Path| {
+        let mut config = dspring_node::NodeConfig::new(dir);
+        config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        config.mdns = false;
+        config.bootstrap = hub_addresses.clone();
+        config
+    };
+    // No cards exchanged, no mDNS: the configured bootstrap node is all they know.
+    let a = dspring_node::Node::start(with_bootstrap(dirs[1].path()))
+        .await
+        .unwrap();
+    let b = dspring_node::Node::start(with_bootstrap(dirs[2].path()))
+        .await
+        .unwrap();
+    for node in [&a, &b] {
+        until("the first bootstrap finishes", async || {
+            let traffic = node.traffic().await.unwrap();
+            !traffic.bootstrapping && traffic.dht_peers > 0
+        })
+        .await;
+    }
+    let b_id = b.id();
+    until("A finds B's record through the DHT", async || {
+        a.lookup(b_id).await.is_ok()
+    })
+    .await;
+
+    // An address that does not name its peer is refused at start.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let mut bad = dspring_node::NodeConfig::new(bad_dir.path());
+    bad.mdns = false;
+    bad.bootstrap = vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()];
+    assert!(matches!(
+        dspring_node::Node::start(bad).await,
+        Err(dspring_node::NodeError::BootstrapAddress(_))
+    ));
+}

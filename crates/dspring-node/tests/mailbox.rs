@@ -119,4 +119,18 @@ async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_
     // Nothing from before its add, and the mailbox never had the group's keys.
     assert!(!texts(&d, group).await.contains(&"before D".to_string()));
     assert!(mailbox.groups().await.unwrap().is_empty());
+
+    // D read its mailbox's news to the end and keeps where it read up to, so that its next
+    // start asks only for what came after.
+    until("D has fetched its news", async || {
+        d.status().await.unwrap().fetching_news == 0
+    })
+    .await;
+    d.stop().await.unwrap();
+    drop(d);
+    let store = dspring_store::Store::open(dirs[3].path(), None).unwrap();
+    let kept = store.own_mailboxes().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, mailbox.id());
+    assert!(kept[0].1 > 0, "the news cursor was not kept: {kept:?}");
 }

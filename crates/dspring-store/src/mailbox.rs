@@ -195,6 +195,7 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
+        let after = self.mailbox_position(after)?;
         let mut statement = self.conn.prepare_cached(
             "SELECT id, sender, control_seq, epoch, idx, bytes FROM mailbox_envelopes
              WHERE group_id = ?1 AND id > ?2 ORDER BY id",
@@ -291,6 +292,7 @@ impl Store {
         after: u64,
         max_groups: usize,
     ) -> Result<MailboxNews, StoreError> {
+        let after = self.mailbox_position(after)?;
         let mut welcomes = Vec::new();
         let mut statement = self.conn.prepare_cached(
             "SELECT id, group_id, bytes FROM mailbox_welcomes WHERE member = ?1 ORDER BY id
@@ -321,6 +323,18 @@ impl Store {
             groups,
             cursor,
         })
+    }
+
+    /// A position a peer asks from, or 0 if this mailbox never reached it: its data were
+    /// lost or it is another mailbox under the same key, and everything it holds is news.
+    fn mailbox_position(&self, after: u64) -> Result<u64, StoreError> {
+        let highest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'mailbox_envelopes'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let highest = from_sql_int(highest.unwrap_or(0), "sqlite_sequence", "mailbox")?;
+        Ok(if after > highest { 0 } else { after })
     }
 
     /// A served group's envelopes after local position `after`, oldest first.
@@ -465,18 +479,28 @@ impl Store {
         Ok(())
     }
 
-    pub fn own_mailboxes(&self) -> Result<Vec<MemberId>, StoreError> {
+    /// This node's mailboxes, each with the news position read up to.
+    pub fn own_mailboxes(&self) -> Result<Vec<(MemberId, u64)>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached("SELECT member FROM own_mailboxes ORDER BY member")?;
+            .prepare_cached("SELECT member, news_after FROM own_mailboxes ORDER BY member")?;
         let mut rows = statement.query([])?;
         let mut out = Vec::new();
         let mut n = 0i64;
         while let Some(row) = rows.next()? {
             let member: Vec<u8> = row.get(0)?;
-            out.push(member_from(&member, "own_mailboxes", n)?);
+            let after = from_sql_int(row.get(1)?, "own_mailboxes", "news_after")?;
+            out.push((member_from(&member, "own_mailboxes", n)?, after));
             n += 1;
         }
         Ok(out)
+    }
+
+    /// Records that an own mailbox's news up to `after` have been fetched in full.
+    pub fn set_news_cursor(&mut self, mailbox: &MemberId, after: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE own_mailboxes SET news_after = ?2 WHERE member = ?1")?
+            .execute(params![mailbox.0, to_sql_int(after)?])?;
+        Ok(())
     }
 }

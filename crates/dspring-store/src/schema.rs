@@ -186,6 +186,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX mailbox_by_sender
         ON mailbox_envelopes(group_id, sender, control_seq, epoch, idx);
     "#,
+    // 6: a mailbox's positions never go back. Without AUTOINCREMENT, SQLite reused ids once
+    // expiry had emptied the table, and a member's news cursor or sync position past them
+    // skipped the new envelopes. The table is rebuilt with its ids kept. And a member keeps
+    // each own mailbox's news cursor across restarts.
+    r#"
+    CREATE TABLE mailbox_envelopes_v6 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        group_id BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        bytes BLOB NOT NULL,
+        sender BLOB,
+        control_seq INTEGER,
+        epoch INTEGER,
+        idx INTEGER
+    );
+    INSERT INTO mailbox_envelopes_v6
+        (id, group_id, hash, stored_ms, bytes, sender, control_seq, epoch, idx)
+        SELECT id, group_id, hash, stored_ms, bytes, sender, control_seq, epoch, idx
+        FROM mailbox_envelopes;
+    DROP TABLE mailbox_envelopes;
+    ALTER TABLE mailbox_envelopes_v6 RENAME TO mailbox_envelopes;
+    CREATE UNIQUE INDEX mailbox_by_hash ON mailbox_envelopes(group_id, hash);
+    CREATE INDEX mailbox_by_age ON mailbox_envelopes(stored_ms);
+    CREATE INDEX mailbox_by_group ON mailbox_envelopes(group_id, id);
+    CREATE INDEX mailbox_by_sender
+        ON mailbox_envelopes(group_id, sender, control_seq, epoch, idx);
+
+    ALTER TABLE own_mailboxes ADD COLUMN news_after INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -245,6 +275,49 @@ mod tests {
             r.get::<_, i64>(0)
         })
         .unwrap();
+    }
+
+    #[test]
+    fn the_mailbox_rebuild_keeps_positions_and_never_reuses_them() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute("INSERT INTO schema_version (version) VALUES (5)", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO mailbox_envelopes (id, group_id, hash, stored_ms, bytes, sender)
+             VALUES (7, x'01', x'02', 3, x'04', x'05')",
+            [],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO own_mailboxes (member) VALUES (x'06')", [])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        let kept: (i64, Vec<u8>) = conn
+            .query_row("SELECT id, sender FROM mailbox_envelopes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (7, vec![5]));
+        let cursor: i64 = conn
+            .query_row("SELECT news_after FROM own_mailboxes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(cursor, 0);
+        // Emptied by expiry, the table goes on after 7 (before version 6 it restarted at 1).
+        conn.execute("DELETE FROM mailbox_envelopes", []).unwrap();
+        conn.execute(
+            "INSERT INTO mailbox_envelopes (group_id, hash, stored_ms, bytes)
+             VALUES (x'01', x'03', 4, x'04')",
+            [],
+        )
+        .unwrap();
+        let next: i64 = conn
+            .query_row("SELECT id FROM mailbox_envelopes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(next, 8);
     }
 
     #[test]

@@ -499,6 +499,12 @@ fn mailbox_stores_serves_and_expires_without_keys() {
     // The create is older than the retention at t = 1200; the ack is not.
     assert_eq!(store.mailbox_expire(1_200).unwrap(), 1);
     assert_eq!(store.mailbox_page(&GROUP, 0, 10).unwrap()[0].bytes, ack);
+    // Emptied by expiry, the mailbox does not hand out an old position again: a member's
+    // cursor past it would skip the new envelope.
+    let last = store.mailbox_end(&GROUP).unwrap();
+    assert_eq!(store.mailbox_expire(10_000).unwrap(), 1);
+    assert!(store.mailbox_put(&GROUP, &p.create, 10_000).unwrap());
+    assert!(store.mailbox_end(&GROUP).unwrap() > last);
     store.mailbox_unregister(&GROUP).unwrap();
     assert!(store.mailbox_page(&GROUP, 0, 10).unwrap().is_empty());
     assert!(store.mailbox_groups().unwrap().is_empty());
@@ -557,6 +563,20 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
             .groups
             .is_empty()
     );
+    // A position this mailbox never reached (its data were lost, or it is another mailbox
+    // under the same key) reads as the start.
+    assert_eq!(
+        store.mailbox_news(&owner, 1_000_000, 10).unwrap().groups,
+        vec![GROUP]
+    );
+    assert_eq!(
+        store
+            .mailbox_lacking(&GROUP, 1_000_000, &HashMap::new(), 10, 1 << 20)
+            .unwrap()
+            .0
+            .len(),
+        2
+    );
     // Someone else's news are not this owner's.
     assert!(
         store
@@ -593,7 +613,10 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
 
     // Member side bookkeeping.
     store.add_own_mailbox(&p.alice.id()).unwrap();
-    assert_eq!(store.own_mailboxes().unwrap(), vec![p.alice.id()]);
+    assert_eq!(store.own_mailboxes().unwrap(), vec![(p.alice.id(), 0)]);
+    store.set_news_cursor(&p.alice.id(), 42).unwrap();
+    store.add_own_mailbox(&p.alice.id()).unwrap();
+    assert_eq!(store.own_mailboxes().unwrap(), vec![(p.alice.id(), 42)]);
     store.add_group_mailbox(&GROUP, &p.alice.id()).unwrap();
     assert_eq!(
         store.group_mailboxes().unwrap(),

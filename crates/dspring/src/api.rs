@@ -99,7 +99,8 @@ const AFTER: Param = optional(
 pub const METHODS: &[Method] = &[
     Method {
         name: "id",
-        summary: "This node's member id and contact card.",
+        summary: "This node's member id, contact card, and the addresses other nodes can \
+                  bootstrap the DHT from (`dial`).",
         params: &[],
     },
     Method {
@@ -222,8 +223,8 @@ pub const METHODS: &[Method] = &[
     },
     Method {
         name: "status",
-        summary: "This node's groups, contacts, connections, traffic, outbox, welcomes \
-                  waiting, catch-ups in progress and mailboxes.",
+        summary: "This node's groups, contacts, connections, traffic, DHT peers and \
+                  bootstrap, outbox, welcomes waiting, catch-ups in progress and mailboxes.",
         params: &[],
     },
 ];
@@ -519,9 +520,16 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
     match name {
         "id" => {
             let card = node.contact().await?;
+            let dial: Vec<String> = node
+                .dial_addresses()
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             Ok(serde_json::json!({
                 "id": member_hex(&node.id()),
                 "card": card.to_text(),
+                "dial": dial,
             }))
         }
         "contact.add" => {
@@ -689,12 +697,15 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 "busy_groups": status.busy_groups,
                 "contacts": node.contacts().await?.len(),
                 "connections": traffic.connections,
+                "dht_peers": traffic.dht_peers,
+                "bootstrapping": traffic.bootstrapping,
                 "bytes_sent": traffic.sent,
                 "bytes_received": traffic.received,
                 "outbox": status.outbox,
                 "awaiting_welcome": status.awaiting_welcome,
                 "catching_up": catching_up,
                 "own_mailboxes": status.own_mailboxes,
+                "fetching_news": status.fetching_news,
                 "mailbox_groups": status.mailbox_groups,
             }))
         }

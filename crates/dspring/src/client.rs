@@ -34,10 +34,13 @@ pub enum ClientError {
     Api { code: String, message: String },
     #[error("the daemon's answer is not what this CLI understands: {0}")]
     BadAnswer(String),
+    #[error("still {0} after the timeout")]
+    TimedOut(String),
 }
 
 impl ClientError {
-    /// The process exit code: 1 the daemon refused, 3 no daemon to talk to, 4 a bad answer.
+    /// The process exit code: 1 the daemon refused, 3 no daemon to talk to, 4 a bad answer,
+    /// 5 a wait timed out.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Api { .. } => 1,
@@ -45,6 +48,7 @@ impl ClientError {
             | ClientError::Unreachable { .. }
             | ClientError::NotOurDaemon(_) => 3,
             ClientError::BadAnswer(_) => 4,
+            ClientError::TimedOut(_) => 5,
         }
     }
 }

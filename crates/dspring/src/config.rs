@@ -15,6 +15,17 @@ const MAX_CONFIG_BYTES: u64 = 64 << 10;
 /// typos, and would overflow the node's timers.
 const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
+/// Bootstrap addresses accepted: a handful of well-known nodes is what a DHT needs, and each
+/// is dialled at every start.
+pub const MAX_BOOTSTRAP: usize = 32;
+
+/// Whether `address` is a libp2p address naming its peer, as a bootstrap node must be.
+pub fn is_bootstrap_address(address: &str) -> bool {
+    address
+        .parse::<dspring_node::Multiaddr>()
+        .is_ok_and(|a| matches!(a.iter().last(), Some(dspring_node::Protocol::P2p(_))))
+}
+
 /// What `config.toml` holds when a profile is set up: every setting at its default.
 pub const DEFAULT_CONFIG: &str = r#"# Digital Spring daemon settings. Flags given to `dspring daemon` override these.
 
@@ -27,6 +38,10 @@ port = 0
 # libp2p addresses to listen on. Port 0 picks a free one at each start; a fixed port
 # (e.g. "/ip4/0.0.0.0/tcp/4001") lets contacts reach you at the address on your card.
 listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
+# Nodes to join the DHT through (it finds where your contacts are when their addresses
+# change), each ending in /p2p/<peer id>: what `dspring id` prints as "dial" on a node
+# others can reach. Without any, the node finds peers by mDNS and from contact cards.
+bootstrap = []
 # Find other nodes on the local network with mDNS.
 mdns = true
 # A group with no message for this many seconds leaves its gossip topic and keeps no
@@ -64,6 +79,7 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkSettings {
     pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
     pub mdns: bool,
     pub idle_group_after_secs: u64,
     pub join_from: JoinFromSetting,
@@ -102,6 +118,7 @@ impl Default for Config {
                     "/ip4/0.0.0.0/tcp/0".to_owned(),
                     "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
                 ],
+                bootstrap: Vec::new(),
                 mdns: true,
                 idle_group_after_secs: dspring_node::DEFAULT_IDLE_GROUP_AFTER.as_secs(),
                 join_from: JoinFromSetting::Anyone,
@@ -192,6 +209,19 @@ impl Config {
                 .parse::<dspring_node::Multiaddr>()
                 .map_err(|_| format!("network.listen: not a libp2p address: {address:?}"))?;
         }
+        if config.network.bootstrap.len() > MAX_BOOTSTRAP {
+            return Err(format!(
+                "network.bootstrap: at most {MAX_BOOTSTRAP} addresses"
+            ));
+        }
+        for address in &config.network.bootstrap {
+            if !is_bootstrap_address(address) {
+                return Err(format!(
+                    "network.bootstrap: not a libp2p address ending in /p2p/<peer id>: \
+                     {address:?}"
+                ));
+            }
+        }
         Ok(config)
     }
 
@@ -240,12 +270,16 @@ mod tests {
         assert_eq!(config.api.port, 7070);
         let picky = Config::parse("[network]\njoin_from = \"contacts\"\n").unwrap();
         assert_eq!(picky.network.join_from, JoinFromSetting::Contacts);
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let hub = format!("[network]\nbootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/{peer}\"]\n");
+        assert_eq!(Config::parse(&hub).unwrap().network.bootstrap.len(), 1);
         assert!(config.mailbox.serve);
         assert_eq!(config.network, NetworkSettings::default());
         for bad in [
             "[api]\nprot = 1\n",
             "[api]\nport = 70000\n",
             "[network]\nlisten = [\"nonsense\"]\n",
+            "[network]\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n",
             "[network]\nidle_group_after_secs = 0\n",
             "[network]\njoin_from = \"friends\"\n",
             "[mailbox]\nretention_days = 99999999999\n",

@@ -70,6 +70,8 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error("not a libp2p address: {0:?}")]
     BadAddress(String),
+    #[error("not a libp2p address ending in /p2p/<peer id>: {0:?}")]
+    BadBootstrap(String),
 }
 
 /// What the command line says; each given flag overrides `config.toml`.
@@ -83,6 +85,8 @@ pub struct Options {
     pub no_mdns: bool,
     /// libp2p listen addresses; empty keeps the file's.
     pub listen: Vec<String>,
+    /// DHT bootstrap addresses, added to the file's.
+    pub bootstrap: Vec<String>,
 }
 
 /// The node's configuration from the settings file and the flags.
@@ -96,6 +100,18 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
     node.listen = listen
         .iter()
         .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
+        .collect::<Result<_, _>>()?;
+    node.bootstrap = config
+        .network
+        .bootstrap
+        .iter()
+        .chain(&options.bootstrap)
+        .map(|a| {
+            if !crate::config::is_bootstrap_address(a) {
+                return Err(DaemonError::BadBootstrap(a.clone()));
+            }
+            a.parse().map_err(|_| DaemonError::BadBootstrap(a.clone()))
+        })
         .collect::<Result<_, _>>()?;
     node.mdns = config.network.mdns && !options.no_mdns;
     node.idle_group_after = config.idle_group_after();

@@ -2,7 +2,7 @@
 //! running daemon listens on.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The token file: 32 random bytes in hex, readable by the owner only.
@@ -114,11 +114,12 @@ impl Home {
     pub fn token(&self) -> Result<String, HomeError> {
         let path = self.dir.join(TOKEN_FILE);
         let metadata = std::fs::symlink_metadata(&path).map_err(|e| self.io(&path, e))?;
-        // Only a plain file nobody else can read or write: a token another user could plant
-        // or read would hand them the daemon.
+        // Only a plain file of ours that nobody else can read or write: a token another
+        // user could plant or read would hand them the daemon.
         if !metadata.is_file()
             || metadata.len() > MAX_TOKEN_FILE
             || metadata.permissions().mode() & 0o077 != 0
+            || metadata.uid() != rustix::process::geteuid().as_raw()
         {
             return Err(HomeError::BadToken(path));
         }
@@ -192,6 +193,16 @@ mod tests {
         let home = Home::locate(Some(dir.path().to_owned()), "default").unwrap();
         std::fs::write(dir.path().join(TOKEN_FILE), "not hex").unwrap();
         assert!(matches!(home.token(), Err(HomeError::BadToken(_))));
+        // A well-formed owner-only token of another user (needs the right to chown, which CI
+        // has: it runs as root).
+        std::fs::remove_file(dir.path().join(TOKEN_FILE)).unwrap();
+        let token = home.token_or_create().unwrap();
+        assert_eq!(home.token().unwrap(), token);
+        let path = dir.path().join(TOKEN_FILE);
+        let other = rustix::process::geteuid().as_raw() + 1;
+        if std::os::unix::fs::chown(&path, Some(other), None).is_ok() {
+            assert!(matches!(home.token(), Err(HomeError::BadToken(_))));
+        }
         assert!(matches!(home.address(), Err(HomeError::NotRunning(_))));
     }
 }

@@ -1,6 +1,8 @@
 //! `dspring`: the command line of Digital Spring. `dspring daemon` runs a node with its local
 //! API; every other command is a call to that API (see `api::METHODS`).
 
+#![forbid(unsafe_code)]
+
 /// `println!` that ignores a closed stdout (`dspring status | head -1`), where `println!`
 /// would panic: the reader has what it wanted.
 macro_rules! out {
@@ -19,7 +21,6 @@ mod home;
 mod openapi;
 
 use std::io::{IsTerminal, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -73,10 +74,17 @@ enum Command {
         /// free TCP and QUIC port on every interface), e.g. `/ip4/0.0.0.0/tcp/4001`.
         #[arg(long)]
         listen: Vec<String>,
+        /// A node to join the DHT through, repeatable, added to `config.toml`'s: an address
+        /// ending in `/p2p/<peer id>`, as that node's `dspring id` prints under "dial".
+        #[arg(long)]
+        bootstrap: Vec<String>,
         /// Runs in the background: returns once the daemon answers, its log in `daemon.log`
         /// in the data directory. Stop it with `kill` (SIGTERM) on the pid it prints.
         #[arg(long)]
         detach: bool,
+        /// Set by `--detach` on the daemon it starts: leave the terminal's session.
+        #[arg(long, hide = true)]
+        detached: bool,
     },
     /// Sets up this profile: its data directory, API token, `config.toml` (every setting at
     /// its default, documented) and identity. `dspring daemon` does this too on first start.
@@ -115,7 +123,15 @@ enum Command {
         after: u64,
     },
     /// This node's state: groups, contacts, connections, traffic.
-    Status,
+    Status {
+        /// First waits for long work to end (catch-ups, news from mailboxes, the first DHT
+        /// bootstrap), showing its progress on a terminal.
+        #[arg(long)]
+        wait: bool,
+        /// Gives up waiting after this many seconds (exit code 5).
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,14 +261,21 @@ async fn run(cli: Cli) -> ExitCode {
         mailbox,
         no_mdns,
         listen,
+        bootstrap,
         detach: false,
+        detached,
     } = &cli.command
     {
+        if *detached && let Err(error) = rustix::process::setsid() {
+            eprintln!("error: leaving the terminal's session: {error}");
+            return ExitCode::FAILURE;
+        }
         let options = daemon::Options {
             api_port: *api_port,
             mailbox: *mailbox,
             no_mdns: *no_mdns,
             listen: listen.clone(),
+            bootstrap: bootstrap.clone(),
         };
         return match daemon::run(&home, options).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -329,12 +352,13 @@ async fn detach(home: &Home) -> Result<(), String> {
     let program = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
     let mut child = std::process::Command::new(program)
         .args(std::env::args_os().skip(1).filter(|a| a != "--detach"))
+        // It starts a session of its own: no controlling terminal, so neither a Ctrl-C
+        // here nor the terminal closing (SIGHUP) reaches it.
+        .arg("--detached")
         .stdin(std::process::Stdio::null())
         .stdout(output)
         .stderr(errors)
         .env("NO_COLOR", "1")
-        // Its own process group: a Ctrl-C in this terminal does not reach it.
-        .process_group(0)
         .spawn()
         .map_err(|e| format!("starting the daemon: {e}"))?;
     let deadline = std::time::Instant::now() + DETACH_WAIT;
@@ -423,7 +447,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
             "read",
             json!({ "group": group, "after": after, "limit": limit }),
         ),
-        Command::Status => ("status", json!({})),
+        Command::Status { .. } => ("status", json!({})),
         Command::Mailbox(MailboxCommand::Use { card }) => ("mailbox.use", json!({ "card": card })),
     })
 }
@@ -447,7 +471,13 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
             .await;
     }
     let (method, params) = request(&cli.command)?;
-    let result = client.call(method, params).await?;
+    let result = match cli.command {
+        Command::Status {
+            wait: true,
+            timeout,
+        } => wait_for_long_work(&client, timeout.map(std::time::Duration::from_secs)).await?,
+        _ => client.call(method, params).await?,
+    };
     if cli.json {
         out!("{result}");
     } else {
@@ -457,6 +487,74 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// How often `status --wait` asks the daemon: often enough for a smooth count.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Asks for the status until no long work is running, drawing what runs on one line of a
+/// terminal's stderr; returns the last status.
+async fn wait_for_long_work(
+    client: &Client,
+    timeout: Option<std::time::Duration>,
+) -> Result<Value, ClientError> {
+    let started = tokio::time::Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut drawn = false;
+    loop {
+        let status = client.call("status", json!({})).await?;
+        let running = long_work(&status);
+        if terminal && (drawn || running.is_some()) {
+            // Carriage return and "erase line": the progress redraws in place.
+            eprint!("\r\x1b[2K{}", running.as_deref().unwrap_or(""));
+            drawn = true;
+        }
+        let Some(running) = running else {
+            return Ok(status);
+        };
+        if timeout.is_some_and(|limit| started.elapsed() >= limit) {
+            if drawn {
+                eprintln!();
+            }
+            return Err(ClientError::TimedOut(running));
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// The long work a status shows running, as one line; `None` when there is none.
+fn long_work(status: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    for catch_up in status
+        .get("catching_up")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        parts.push(format!(
+            "catching up [{}]: {} messages in {} s",
+            short(text_of(catch_up, "group")),
+            catch_up
+                .get("received")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            catch_up.get("seconds").and_then(Value::as_u64).unwrap_or(0)
+        ));
+    }
+    let news = status
+        .get("fetching_news")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if news > 0 {
+        parts.push(format!("fetching news from {news} mailboxes"));
+    }
+    if status.get("bootstrapping").and_then(Value::as_bool) == Some(true) {
+        parts.push(format!(
+            "joining the DHT: {} peers",
+            status.get("dht_peers").and_then(Value::as_u64).unwrap_or(0)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// `text` as a QR code drawn with half-block characters, two rows of modules per line.
@@ -524,6 +622,14 @@ fn print_human(method: &str, result: &Value) {
         "id" => {
             out!("id:   {}", text_of(result, "id"));
             out!("card: {}", text_of(result, "card"));
+            for address in result
+                .get("dial")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                out!("dial: {}", address.as_str().unwrap_or(""));
+            }
         }
         "contact.add" => out!(
             "added {} ({})",
@@ -607,6 +713,12 @@ fn print_human(method: &str, result: &Value) {
             );
             out!("contacts:         {}", number("contacts"));
             out!("connections:      {}", number("connections"));
+            let bootstrap = if result.get("bootstrapping").and_then(Value::as_bool) == Some(true) {
+                " (first bootstrap running)"
+            } else {
+                ""
+            };
+            out!("DHT peers:        {}{bootstrap}", number("dht_peers"));
             out!(
                 "traffic:          {} sent, {} received",
                 bytes(number("bytes_sent")),
@@ -614,7 +726,11 @@ fn print_human(method: &str, result: &Value) {
             );
             out!("outbox:           {} envelopes", number("outbox"));
             out!("awaiting welcome: {} members", number("awaiting_welcome"));
-            out!("own mailboxes:    {}", number("own_mailboxes"));
+            out!(
+                "own mailboxes:    {} ({} fetching news)",
+                number("own_mailboxes"),
+                number("fetching_news")
+            );
             match result.get("mailbox_groups").and_then(Value::as_u64) {
                 Some(groups) => out!("mailbox role:     keeping {groups} groups"),
                 None => out!("mailbox role:     off"),
@@ -637,5 +753,28 @@ fn print_human(method: &str, result: &Value) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn long_work_names_what_runs_and_nothing_when_idle() {
+        let idle = json!({"catching_up": [], "fetching_news": 0, "bootstrapping": false});
+        assert_eq!(long_work(&idle), None);
+        let busy = json!({
+            "catching_up": [{"group": "00112233445566778899", "received": 4512, "seconds": 3}],
+            "fetching_news": 1,
+            "bootstrapping": true,
+            "dht_peers": 7,
+        });
+        assert_eq!(
+            long_work(&busy).unwrap(),
+            "catching up [001122334455]: 4512 messages in 3 s · fetching news from 1 \
+             mailboxes · joining the DHT: 7 peers"
+        );
     }
 }

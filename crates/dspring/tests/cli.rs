@@ -26,10 +26,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts a daemon with more `daemon` flags.
+    fn start_with(dir: &Path, flags: &[&str]) -> Self {
         let _ = std::fs::remove_file(dir.join("api-address"));
         let child = Command::new(env!("CARGO_BIN_EXE_dspring"))
             .args(["--data-dir", dir.to_str().unwrap(), "daemon", "--no-mdns"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -684,6 +690,11 @@ fn a_detached_daemon_answers_after_the_command_returns_and_reads_its_config() {
     );
     let status = dspring(&["--json", "status"]);
     assert!(status.status.success());
+    // It leads a session of its own: no controlling terminal for a hangup to come from.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(") ").next().unwrap();
+    let session: u32 = after_name.split(' ').nth(3).unwrap().parse().unwrap();
+    assert_eq!(session, pid, "{stat}");
     // A second one is refused while the first runs.
     assert!(!dspring(&["daemon", "--detach"]).status.success());
     // It stops on SIGTERM and leaves no address behind.
@@ -702,4 +713,36 @@ fn a_detached_daemon_answers_after_the_command_returns_and_reads_its_config() {
             .unwrap()
             .contains("daemon ready")
     );
+}
+
+#[test]
+fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hub = Daemon::start(dirs[0].path());
+    let id = hub.ok(&["id"]);
+    let dial = id["dial"][0].as_str().unwrap().to_owned();
+    assert!(dial.contains("/p2p/"), "{dial}");
+
+    // An address that does not name its peer is refused before the daemon starts.
+    let refused = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[1].path().to_str().unwrap()])
+        .args(["daemon", "--no-mdns", "--bootstrap", "/ip4/127.0.0.1/tcp/1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("/p2p/"));
+
+    // No cards, no mDNS: the hub is all the second daemon knows. `status --wait` returns
+    // once its first bootstrap has finished.
+    let joiner = Daemon::start_with(dirs[1].path(), &["--bootstrap", &dial]);
+    let status = joiner.ok(&["status", "--wait", "--timeout", "60"]);
+    assert_eq!(status["bootstrapping"], false);
+    assert!(status["dht_peers"].as_u64().unwrap() >= 1, "{status}");
+    let human = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[1].path().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("DHT peers:"));
+    joiner.stop();
+    hub.stop();
 }
