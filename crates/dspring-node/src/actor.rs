@@ -1345,9 +1345,17 @@ impl Actor {
                 }
             }
             NetEvent::Direct { id, peer, request } => {
-                let accepted = if self.groups.contains_key(&request.group) {
-                    match self.judge(request.group, request.envelope) {
-                        Ok(staged) => self.commit(&staged).await.is_ok(),
+                let group = request.group;
+                let accepted = if self.groups.contains_key(&group) {
+                    match self.judge(group, request.envelope) {
+                        Ok(staged) => {
+                            // It waits for earlier envelopes: the peer that sent it has them
+                            // (a removal delivered to the member it removes, say).
+                            if only_buffered(&staged) {
+                                self.request_sync(group, peer, self.sync_position(&group, &peer));
+                            }
+                            self.commit(&staged).await.is_ok()
+                        }
                         Err(_) => false,
                     }
                 } else {
@@ -1736,17 +1744,25 @@ impl Actor {
             .map(|m| (m.sender, (m.control_seq, m.application)))
             .collect();
         let member = self.groups.contains_key(&request.group);
+        // A removed member's sync ends where the log ended when its removal was logged here.
+        let mut until = u64::MAX;
         let answer = if let Some(state) = self.groups.get(&request.group) {
-            // Members, and the mailboxes announced in the group.
-            let allowed = dspring_net::identity::member(&peer).is_some_and(|m| {
-                state.members().contains(&m) || self.is_group_mailbox(&request.group, &m)
-            });
-            if !allowed {
+            // Members, and the mailboxes announced in the group; a removed member up to its
+            // removal: what it may read, and what it needs before it can deliver the removal
+            // (its copy of the removal may wait for an earlier message of the remover).
+            let Some(asker) = dspring_net::identity::member(&peer) else {
                 return empty;
+            };
+            if !state.members().contains(&asker) && !self.is_group_mailbox(&request.group, &asker) {
+                match self.store.former_member_end(&request.group, &asker) {
+                    Ok(Some(end)) => until = end,
+                    _ => return empty,
+                }
             }
-            self.store.log_lacking(
+            self.store.log_lacking_until(
                 &request.group,
                 request.token,
+                until,
                 &marks,
                 MAX_SYNC_PAGE,
                 SYNC_PAGE_BYTES,
@@ -1769,7 +1785,7 @@ impl Actor {
             Ok((envelopes, next)) => {
                 let end = match next {
                     Some(_) => 0,
-                    None if member => self.store.log_end(&request.group).unwrap_or(0),
+                    None if member => self.store.log_end(&request.group).unwrap_or(0).min(until),
                     None => self.store.mailbox_end(&request.group).unwrap_or(0),
                 };
                 SyncResponse {

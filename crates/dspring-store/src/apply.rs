@@ -223,6 +223,16 @@ impl Store {
                 committed
                     .cursors
                     .push(u64::try_from(tx.last_insert_rowid()).unwrap_or_default());
+                if let Event::MemberRemoved { member, .. } = event {
+                    // The step's envelopes are logged above: the end includes the removal.
+                    tx.prepare_cached(
+                        "INSERT INTO former_members (group_ref, member, log_end)
+                         SELECT ?1, ?2, coalesce(max(id), 0) FROM envelopes WHERE group_ref = ?1
+                         ON CONFLICT(group_ref, member) DO UPDATE SET
+                            log_end = max(log_end, excluded.log_end)",
+                    )?
+                    .execute(params![group_ref, member.0])?;
+                }
             }
             for id in &staged.consumed_prekeys {
                 tx.prepare_cached("DELETE FROM one_time_prekeys WHERE id = ?1")?

@@ -151,15 +151,51 @@ impl Store {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
+        self.log_lacking_until(group, after, u64::MAX, marks, max_count, max_bytes)
+    }
+
+    /// [`Store::log_lacking`] among the envelopes at positions up to `until` only.
+    pub fn log_lacking_until(
+        &self,
+        group: &GroupId,
+        after: u64,
+        until: u64,
+        marks: &HashMap<ShortId, HeldMark>,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<u64>), StoreError> {
         let Some(group_ref) = self.group_ref(group) else {
             return Ok((Vec::new(), None));
         };
         let mut statement = self.conn.prepare_cached(
             "SELECT id, sender, control_seq, epoch, idx, bytes FROM envelopes
-             WHERE group_ref = ?1 AND id > ?2 ORDER BY id",
+             WHERE group_ref = ?1 AND id > ?2 AND id <= ?3 ORDER BY id",
         )?;
-        let rows = statement.query(params![group_ref, to_sql_int(after)?])?;
+        let until = i64::try_from(until).unwrap_or(i64::MAX);
+        let rows = statement.query(params![group_ref, to_sql_int(after)?, until])?;
         lacking(rows, "envelopes", after, marks, max_count, max_bytes)
+    }
+
+    /// Where the group log ended when `member`'s removal was logged here, if it was removed
+    /// (and not added again since: the caller checks membership first).
+    pub fn former_member_end(
+        &self,
+        group: &GroupId,
+        member: &MemberId,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(group_ref) = self.group_ref(group) else {
+            return Ok(None);
+        };
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT log_end FROM former_members WHERE group_ref = ?1 AND member = ?2",
+            )?
+            .query_row(params![group_ref, member.0], |r| r.get(0))
+            .optional()?;
+        end.map(|end| from_sql_int(end, "former_members", "log_end"))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// The position of the newest envelope of a group's log (0 if none).

@@ -188,8 +188,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 6: a mailbox's positions never go back. Without AUTOINCREMENT, SQLite reused ids once
     // expiry had emptied the table, and a member's news cursor or sync position past them
-    // skipped the new envelopes. The table is rebuilt with its ids kept. And a member keeps
-    // each own mailbox's news cursor across restarts.
+    // skipped the new envelopes. The table is rebuilt with its ids kept. A member keeps each
+    // own mailbox's news cursor across restarts, and where each removed member's log ends.
     r#"
     CREATE TABLE mailbox_envelopes_v6 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -215,6 +215,16 @@ const MIGRATIONS: &[&str] = &[
         ON mailbox_envelopes(group_id, sender, control_seq, epoch, idx);
 
     ALTER TABLE own_mailboxes ADD COLUMN news_after INTEGER NOT NULL DEFAULT 0;
+
+    -- Members removed from a group, and the end of the group log when their removal was
+    -- logged here: a removed member's sync is answered up to there (what it may read, and
+    -- what it needs to deliver its own removal), and no further.
+    CREATE TABLE former_members (
+        group_ref INTEGER NOT NULL REFERENCES groups(id),
+        member BLOB NOT NULL,
+        log_end INTEGER NOT NULL,
+        PRIMARY KEY (group_ref, member)
+    ) WITHOUT ROWID;
     "#,
 ];
 

@@ -770,3 +770,44 @@ fn a_hole_in_what_a_mailbox_holds_is_filled_by_the_next_sync() {
     let (nothing, _) = peer.log_lacking(&GROUP, 0, &own, 100, usize::MAX).unwrap();
     assert!(nothing.is_empty());
 }
+
+#[test]
+fn a_removed_member_is_served_the_log_up_to_its_removal_only() {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(12);
+    let mut store = open(dir.path());
+    store.apply(&p.bob_join).unwrap();
+    let before = p.bob_group.send(b"before").unwrap();
+    store.apply(&before).unwrap();
+    let removed = before.group.remove(p.alice.id(), &mut p.rng).unwrap();
+    store.apply(&removed).unwrap();
+    let end = store.log_end(&GROUP).unwrap();
+    let after = removed.group.send(b"after").unwrap();
+    store.apply(&after).unwrap();
+
+    assert_eq!(
+        store.former_member_end(&GROUP, &p.alice.id()).unwrap(),
+        Some(end)
+    );
+    assert_eq!(store.former_member_end(&GROUP, &p.bob.id()).unwrap(), None);
+    let (served, next) = store
+        .log_lacking_until(&GROUP, 0, end, &HashMap::new(), 100, 1 << 20)
+        .unwrap();
+    assert_eq!(next, None);
+    let after_bytes = &after.outbox[0].bytes;
+    assert!(served.contains(&before.outbox[0].bytes));
+    assert!(served.contains(&removed.outbox[0].bytes));
+    assert!(!served.contains(after_bytes));
+    let (all, _) = store
+        .log_lacking(&GROUP, 0, &HashMap::new(), 100, 1 << 20)
+        .unwrap();
+    assert!(all.contains(after_bytes));
+    // Kept across a restart.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.former_member_end(&GROUP, &p.alice.id()).unwrap(),
+        Some(end)
+    );
+}
