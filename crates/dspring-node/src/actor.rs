@@ -435,7 +435,8 @@ impl Actor {
             Request::Rename(group, name, reply) => {
                 let result = match check_name(&name) {
                     Ok(()) => {
-                        let body = content::group_name(&name, now_ms());
+                        let stamp = name_stamp(now_ms(), self.group_names.get(&group));
+                        let body = content::group_name(&name, stamp);
                         self.local(group, |g, _, _| Ok(g.send(&body)?)).await
                     }
                     Err(e) => Err(e),
@@ -1936,6 +1937,13 @@ fn only_buffered(staged: &Staged) -> bool {
 /// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
 /// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
 /// honest peer before the news that makes them invalid.
+/// The time a rename carries: now, or just after the name it replaces if that one claims a
+/// later time (a member's clock ahead of ours). A rename thus wins over every name its
+/// member had seen, whatever the clocks say; only concurrent renames go by time.
+fn name_stamp(now_ms: u64, current: Option<&GroupName>) -> u64 {
+    current.map_or(now_ms, |named| now_ms.max(named.set_ms.saturating_add(1)))
+}
+
 /// Asks an own mailbox which groups have news after `after`; the answer comes back as
 /// `Internal::News`.
 async fn ask_news(
@@ -1989,5 +1997,34 @@ fn visible(
         if !shown.is_empty() {
             return Ok(shown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_wins_over_the_name_it_replaces_whatever_the_clocks() {
+        assert_eq!(name_stamp(1_000, None), 1_000);
+        let ahead = GroupName {
+            group: GroupId([1; 32]),
+            name: "from a clock an hour ahead".into(),
+            set_ms: 3_601_000,
+            set_by: MemberId([2; 32]),
+        };
+        let stamp = name_stamp(1_000, Some(&ahead));
+        let renamed = GroupName {
+            name: "renamed after it".into(),
+            set_ms: stamp,
+            set_by: MemberId([1; 32]),
+            ..ahead.clone()
+        };
+        assert!(renamed.supersedes(&ahead));
+        let behind = GroupName {
+            set_ms: 10,
+            ..ahead
+        };
+        assert_eq!(name_stamp(1_000, Some(&behind)), 1_000);
     }
 }

@@ -45,7 +45,134 @@ pub struct Method {
     pub summary: &'static str,
     /// Its JSON parameters (an object with these fields; the API refuses any other field).
     pub params: &'static [Param],
+    /// Its result.
+    pub result: Shape,
 }
+
+/// What a method returns.
+#[derive(Debug)]
+pub enum Shape {
+    /// `{}`: done.
+    Nothing,
+    /// An object with these fields, every one present (an unknown value is `null`).
+    Object(&'static [Field]),
+    /// A list of objects with these fields.
+    List(&'static [Field]),
+    /// A list of events (`Event` in the OpenAPI document).
+    Events,
+}
+
+/// One field of a result.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: Ty,
+    pub doc: &'static str,
+}
+
+/// A result field's JSON type.
+#[derive(Clone, Copy, Debug)]
+pub enum Ty {
+    String,
+    /// A string, or `null` when unknown.
+    StringOrNull,
+    Integer,
+    /// An integer, or `null` when it does not apply.
+    IntegerOrNull,
+    Boolean,
+    Strings,
+    /// A list of objects with these fields.
+    Objects(&'static [Field]),
+}
+
+const fn field(name: &'static str, ty: Ty, doc: &'static str) -> Field {
+    Field { name, ty, doc }
+}
+
+const MEMBER_ID: Field = field("id", Ty::String, "This node's member id (hex).");
+const CONTACT_ID: Field = field("id", Ty::String, "The contact's member id (hex).");
+const CONTACT_NAME: Field = field("name", Ty::String, "The name you gave them.");
+const VERIFIED: Field = field(
+    "verified",
+    Ty::Boolean,
+    "Whether you compared safety numbers with them.",
+);
+const GROUP_ID: Field = field("id", Ty::String, "The group's id (hex).");
+const GROUP_NAME: Field = field(
+    "name",
+    Ty::StringOrNull,
+    "The group's name (null until this node learns it).",
+);
+const STATUS: &[Field] = &[
+    MEMBER_ID,
+    field("groups", Ty::Integer, "Groups this node is in."),
+    field(
+        "busy_groups",
+        Ty::Integer,
+        "Groups with recent traffic (on their gossip topic).",
+    ),
+    field("contacts", Ty::Integer, "Contacts."),
+    field("connections", Ty::Integer, "Connections open now."),
+    field("dht_peers", Ty::Integer, "Peers in the DHT routing table."),
+    field(
+        "bootstrapping",
+        Ty::Boolean,
+        "The first DHT bootstrap from the configured nodes is running.",
+    ),
+    field(
+        "bytes_sent",
+        Ty::Integer,
+        "Bytes sent since the daemon started.",
+    ),
+    field(
+        "bytes_received",
+        Ty::Integer,
+        "Bytes received since the daemon started.",
+    ),
+    field(
+        "outbox",
+        Ty::Integer,
+        "Envelopes committed but not yet handed to the network.",
+    ),
+    field(
+        "awaiting_welcome",
+        Ty::Integer,
+        "Members added while offline whose welcome has not reached them yet.",
+    ),
+    field(
+        "catching_up",
+        Ty::Objects(&[
+            field("group", Ty::String, "The group's id (hex)."),
+            field("received", Ty::Integer, "Envelopes received so far."),
+            field("seconds", Ty::Integer, "How long it has been going."),
+        ]),
+        "Catch-ups in progress.",
+    ),
+    field("own_mailboxes", Ty::Integer, "This node's mailboxes."),
+    field(
+        "fetching_news",
+        Ty::Integer,
+        "Own mailboxes whose news are being fetched.",
+    ),
+    field(
+        "mailbox_groups",
+        Ty::IntegerOrNull,
+        "Groups this node keeps as a mailbox (null: it is not one).",
+    ),
+];
+
+/// The `kind`s of events, as `EventBody` names them.
+pub const EVENT_KINDS: &[&str] = &[
+    "message",
+    "sent",
+    "joined",
+    "member_added",
+    "member_removed",
+    "key_updated",
+    "removed_me",
+    "unreadable",
+    "other",
+];
 
 /// One parameter of a method.
 #[derive(Debug)]
@@ -102,6 +229,15 @@ pub const METHODS: &[Method] = &[
         summary: "This node's member id, contact card, and the addresses other nodes can \
                   bootstrap the DHT from (`dial`).",
         params: &[],
+        result: Shape::Object(&[
+            MEMBER_ID,
+            field("card", Ty::String, "This node's contact card, to share."),
+            field(
+                "dial",
+                Ty::Strings,
+                "Addresses other nodes can bootstrap the DHT from (each ends in /p2p/<peer id>).",
+            ),
+        ]),
     },
     Method {
         name: "contact.add",
@@ -110,16 +246,28 @@ pub const METHODS: &[Method] = &[
             CARD,
             required("name", Kind::String, "The name you give them."),
         ],
+        result: Shape::Object(&[CONTACT_ID, CONTACT_NAME]),
     },
     Method {
         name: "contact.list",
         summary: "The contacts of this node.",
         params: &[],
+        result: Shape::List(&[CONTACT_ID, CONTACT_NAME, VERIFIED]),
     },
     Method {
         name: "contact.show",
         summary: "A contact's id, name, verification and the safety number to compare with them.",
         params: &[CONTACT],
+        result: Shape::Object(&[
+            CONTACT_ID,
+            CONTACT_NAME,
+            VERIFIED,
+            field(
+                "safety_number",
+                Ty::String,
+                "60 digits in groups of five; the same on both sides.",
+            ),
+        ]),
     },
     Method {
         name: "contact.verify",
@@ -138,6 +286,7 @@ pub const METHODS: &[Method] = &[
                 "Marks the contact not verified instead.",
             ),
         ],
+        result: Shape::Object(&[CONTACT_ID, VERIFIED]),
     },
     Method {
         name: "group.create",
@@ -146,16 +295,27 @@ pub const METHODS: &[Method] = &[
             required("name", Kind::String, "The group's name."),
             optional("members", Kind::Strings, "Contact names or ids."),
         ],
+        result: Shape::Object(&[GROUP_ID, GROUP_NAME]),
     },
     Method {
         name: "group.list",
         summary: "The groups of this node, with their names.",
         params: &[],
+        result: Shape::List(&[GROUP_ID, GROUP_NAME]),
     },
     Method {
         name: "group.show",
         summary: "A group's name and members.",
         params: &[GROUP],
+        result: Shape::Object(&[
+            GROUP_ID,
+            GROUP_NAME,
+            field(
+                "members",
+                Ty::Strings,
+                "Member ids (hex), this node's included.",
+            ),
+        ]),
     },
     Method {
         name: "group.add",
@@ -164,6 +324,7 @@ pub const METHODS: &[Method] = &[
             GROUP,
             required("member", Kind::String, "A contact's name or id."),
         ],
+        result: Shape::Nothing,
     },
     Method {
         name: "group.remove",
@@ -172,17 +333,20 @@ pub const METHODS: &[Method] = &[
             GROUP,
             required("member", Kind::String, "A member's contact name or id."),
         ],
+        result: Shape::Nothing,
     },
     Method {
         name: "group.leave",
         summary: "Asks the group to remove this member: another member's node does (DCGKA has \
                   no removal of oneself); a `removed_me` event follows.",
         params: &[GROUP],
+        result: Shape::Nothing,
     },
     Method {
         name: "group.update",
         summary: "Refreshes this member's keys in a group (heals a compromise).",
         params: &[GROUP],
+        result: Shape::Nothing,
     },
     Method {
         name: "mailbox.use",
@@ -190,11 +354,17 @@ pub const METHODS: &[Method] = &[
                   contact) one of this node's mailboxes: it keeps this node's groups while \
                   this node is offline, and goes on this node's contact card.",
         params: &[CARD],
+        result: Shape::Object(&[field(
+            "mailbox",
+            Ty::String,
+            "The mailbox's member id (hex).",
+        )]),
     },
     Method {
         name: "send",
         summary: "Sends a text message to a group.",
         params: &[GROUP, required("text", Kind::String, "The message.")],
+        result: Shape::Nothing,
     },
     Method {
         name: "read",
@@ -208,6 +378,7 @@ pub const METHODS: &[Method] = &[
                 "Most messages returned (default 100, at most 1000).",
             ),
         ],
+        result: Shape::Events,
     },
     Method {
         name: "events",
@@ -220,12 +391,14 @@ pub const METHODS: &[Method] = &[
                 "Most events returned (default 100, at most 1000).",
             ),
         ],
+        result: Shape::Events,
     },
     Method {
         name: "status",
         summary: "This node's groups, contacts, connections, traffic, DHT peers and \
                   bootstrap, outbox, welcomes waiting, catch-ups in progress and mailboxes.",
         params: &[],
+        result: Shape::Object(STATUS),
     },
 ];
 

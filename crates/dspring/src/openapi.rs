@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{Kind, METHODS, Param};
+use crate::api::{EVENT_KINDS, Field, Kind, METHODS, Param, Shape, Ty};
 
 /// The JSON schema of a method's parameters: an object with exactly these fields.
 fn params_schema(params: &[Param]) -> Value {
@@ -33,6 +33,63 @@ fn params_schema(params: &[Param]) -> Value {
     })
 }
 
+/// The JSON schema of an object with exactly these fields, all present.
+fn object_schema(fields: &[Field]) -> Value {
+    let mut properties = serde_json::Map::new();
+    for field in fields {
+        let mut schema = match field.ty {
+            Ty::String => json!({"type": "string"}),
+            Ty::StringOrNull => json!({"type": ["string", "null"]}),
+            Ty::Integer => json!({"type": "integer", "minimum": 0}),
+            Ty::IntegerOrNull => json!({"type": ["integer", "null"], "minimum": 0}),
+            Ty::Boolean => json!({"type": "boolean"}),
+            Ty::Strings => json!({"type": "array", "items": {"type": "string"}}),
+            Ty::Objects(fields) => json!({"type": "array", "items": object_schema(fields)}),
+        };
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("description".to_owned(), json!(field.doc));
+        }
+        properties.insert(field.name.to_owned(), schema);
+    }
+    let required: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": properties,
+        "required": required,
+    })
+}
+
+/// The JSON schema of a method's result.
+fn result_schema(shape: &Shape) -> Value {
+    match shape {
+        Shape::Nothing => object_schema(&[]),
+        Shape::Object(fields) => object_schema(fields),
+        Shape::List(fields) => json!({"type": "array", "items": object_schema(fields)}),
+        Shape::Events => json!({"type": "array", "items": {"$ref": "#/components/schemas/Event"}}),
+    }
+}
+
+/// An event as `read`, `events` and the stream show it; which fields besides the first four
+/// it has depends on its kind.
+fn event_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["cursor", "group", "at_ms", "kind"],
+        "properties": {
+            "cursor": {"type": "integer", "minimum": 0, "description": "Its place in this node's event log: resume after it."},
+            "group": {"type": "string", "description": "The group's id (hex)."},
+            "at_ms": {"type": "integer", "minimum": 0, "description": "When this node logged it, in ms since the Unix epoch."},
+            "kind": {"type": "string", "enum": EVENT_KINDS},
+            "sender": {"type": "string", "description": "message, unreadable: the sender's member id."},
+            "text": {"type": "string", "description": "message, sent: the text."},
+            "by": {"type": "string", "description": "joined, member_added, member_removed, removed_me: who did it."},
+            "member": {"type": "string", "description": "member_added, member_removed, key_updated: whom it concerns."}
+        }
+    })
+}
+
 pub fn document() -> Value {
     let error = json!({
         "description": "A failure: a stable code and a message",
@@ -54,7 +111,7 @@ pub fn document() -> Value {
                     "responses": {
                         "200": {
                             "description": "The result",
-                            "content": {"application/json": {"schema": {}}}
+                            "content": {"application/json": {"schema": result_schema(&method.result)}}
                         },
                         "400": error, "401": error, "404": error, "408": error, "409": error,
                         "413": error, "500": error, "503": error
@@ -123,6 +180,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Event": event_schema(),
                 "Error": {
                     "type": "object",
                     "required": ["code", "message"],

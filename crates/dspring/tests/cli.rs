@@ -65,9 +65,17 @@ impl Daemon {
         (output.status.code().unwrap_or(-1), value)
     }
 
+    /// Runs a command that must succeed; its result must be what the API document says.
     fn ok(&self, args: &[&str]) -> Value {
         let (code, value) = self.cli(args);
         assert_eq!(code, 0, "dspring {args:?} failed");
+        let method = method_of(args);
+        let schema = &api_document()["paths"][format!("/v1/{method}")]["post"]["responses"]["200"]
+            ["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "no result schema for {method}");
+        if let Err(error) = conforms(&value, schema, &method) {
+            panic!("dspring {args:?}: {error}\n{value}");
+        }
         value
     }
 
@@ -112,6 +120,110 @@ impl Drop for Daemon {
 
 /// The lines a child prints, read on a thread so that a missing line fails the test after
 /// `WAIT` instead of hanging it.
+/// The API method a CLI command calls: `group create ...` calls `group.create`.
+fn method_of(args: &[&str]) -> String {
+    match args {
+        [noun @ ("contact" | "group" | "mailbox"), verb, ..] => format!("{noun}.{verb}"),
+        [command, ..] => (*command).to_owned(),
+        [] => String::new(),
+    }
+}
+
+/// The checked-in OpenAPI document (a unit test keeps it equal to what the daemon serves).
+fn api_document() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    })
+}
+
+/// Checks `value` against `schema`, in the subset of JSON Schema the document uses: `$ref`,
+/// `type` (one or several), `minimum`, `enum`, `properties`, `required`,
+/// `additionalProperties: false`, `items`.
+fn conforms(value: &Value, schema: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap();
+        return conforms(value, &api_document()["components"]["schemas"][name], at);
+    }
+    let actual = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(several)) => several.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty() && !types.contains(&actual) {
+        return Err(format!("{at}: {actual}, the document says {types:?}"));
+    }
+    if let (Some(minimum), Some(number)) = (
+        schema.get("minimum").and_then(Value::as_i64),
+        value.as_i64(),
+    ) && number < minimum
+    {
+        return Err(format!("{at}: {number} < {minimum}"));
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {options:?}"));
+    }
+    if let Value::Object(object) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !object.contains_key(required) {
+                return Err(format!("{at}: no field {required}"));
+            }
+        }
+        for (name, field) in object {
+            match properties.and_then(|p| p.get(name)) {
+                Some(field_schema) => conforms(field, field_schema, &format!("{at}.{name}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: field {name} is not in the document"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            conforms(item, item_schema, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_result_check_catches_what_the_document_does_not_say() {
+    let status = &api_document()["paths"]["/v1/status"]["post"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    assert!(conforms(&json!({"id": "x"}), status, "status").is_err());
+    let read = &api_document()["paths"]["/v1/read"]["post"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    let event = json!({"cursor": 1, "group": "g", "at_ms": 2, "kind": "message", "text": "hi"});
+    assert!(conforms(&json!([event]), read, "read").is_ok());
+    let mut odd = event.clone();
+    odd["kind"] = json!("novel");
+    assert!(conforms(&json!([odd]), read, "read").is_err());
+    let mut extra = event;
+    extra["surprise"] = json!(true);
+    assert!(conforms(&json!([extra]), read, "read").is_err());
+    assert!(conforms(&json!({}), read, "read").is_err());
+}
+
 fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
     let (send, receive) = std::sync::mpsc::channel();
