@@ -286,7 +286,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
     let (running, stopped) = tokio::sync::watch::channel(());
     let id = device.id();
-    let actor = Actor {
+    let mut actor = Actor {
         store,
         device,
         rng,
@@ -313,6 +313,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         catching_up: HashMap::new(),
         _running: running,
     };
+    actor.restore_leave_requests();
     // Its own thread and single-threaded runtime: SQLite calls block, and must not stall the
     // network's runtime; the store is never shared, so nothing here needs to be `Sync`.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1048,7 +1049,8 @@ impl Actor {
                         set_ms,
                         set_by: sender,
                     }),
-                    Content::Leave | Content::Text(_) => {}
+                    Content::Leave => out.leave_requests.push((group, sender)),
+                    Content::Text(_) => {}
                 }
             }
         }
@@ -1135,6 +1137,31 @@ impl Actor {
 
     /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
     /// members before it in member-id order have had theirs.
+    /// Takes up the leave requests a previous run had not acted on: turns count from now.
+    fn restore_leave_requests(&mut self) {
+        let requests = match self.store.leave_requests() {
+            Ok(requests) => requests,
+            Err(error) => {
+                tracing::warn!(%error, "reading leave requests");
+                return;
+            }
+        };
+        for (group, leaver) in requests {
+            match self.groups.get(&group).cloned() {
+                Some(state) if state.is_active() && state.members().contains(&leaver) => {
+                    self.leave_requested(&state, leaver);
+                }
+                _ => self.forget_leave_request(group, leaver),
+            }
+        }
+    }
+
+    fn forget_leave_request(&mut self, group: GroupId, leaver: MemberId) {
+        if let Err(error) = self.store.forget_leave_request(&group, &leaver) {
+            tracing::warn!(%error, "forgetting a leave request");
+        }
+    }
+
     fn leave_requested(&mut self, group: &Group, leaver: MemberId) {
         let me = self.device.id();
         if leaver == me || !group.is_active() || self.leave_requests.len() >= MAX_LEAVE_REQUESTS {
@@ -1173,7 +1200,9 @@ impl Actor {
                 .groups
                 .get(&group)
                 .is_some_and(|g| g.is_active() && g.members().contains(&leaver));
-            if still_there && let Err(error) = self.remove(group, leaver).await {
+            if !still_there {
+                self.forget_leave_request(group, leaver);
+            } else if let Err(error) = self.remove(group, leaver).await {
                 tracing::debug!(%error, "removing a member who asked to leave");
             }
         }

@@ -36,11 +36,15 @@ pub struct Metadata {
     pub group_mailboxes: Vec<(GroupId, MemberId)>,
     /// A group named or renamed; kept only if later by `(set_ms, set_by)` than the stored name.
     pub group_names: Vec<GroupName>,
+    /// A member asked to leave a group (kept until its removal is committed).
+    pub leave_requests: Vec<(GroupId, MemberId)>,
 }
 
 impl Metadata {
     pub fn is_empty(&self) -> bool {
-        self.group_mailboxes.is_empty() && self.group_names.is_empty()
+        self.group_mailboxes.is_empty()
+            && self.group_names.is_empty()
+            && self.leave_requests.is_empty()
     }
 }
 
@@ -224,6 +228,10 @@ impl Store {
                     .cursors
                     .push(u64::try_from(tx.last_insert_rowid()).unwrap_or_default());
                 if let Event::MemberRemoved { member, .. } = event {
+                    tx.prepare_cached(
+                        "DELETE FROM leave_requests WHERE group_id = ?1 AND member = ?2",
+                    )?
+                    .execute(params![group.as_bytes(), member.0])?;
                     // The step's envelopes are logged above: the end includes the removal.
                     tx.prepare_cached(
                         "INSERT INTO former_members (group_ref, member, log_end)
@@ -245,6 +253,12 @@ impl Store {
                 "INSERT OR IGNORE INTO group_mailboxes (group_id, mailbox) VALUES (?1, ?2)",
             )?
             .execute(params![group.as_bytes(), mailbox.0])?;
+        }
+        for (group, member) in &metadata.leave_requests {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO leave_requests (group_id, member) VALUES (?1, ?2)",
+            )?
+            .execute(params![group.as_bytes(), member.0])?;
         }
         for named in &metadata.group_names {
             if named.name.len() > MAX_GROUP_NAME_BYTES {

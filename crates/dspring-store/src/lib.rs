@@ -492,10 +492,14 @@ mod tests {
         let metadata = Metadata {
             group_mailboxes: vec![(id, MemberId([9; 32]))],
             group_names: vec![name("first", 5, 1)],
+            leave_requests: vec![(id, MemberId([8; 32]))],
         };
         store.apply_steps(&[&created], &[], &metadata).unwrap();
         assert_eq!(names(&store), ["first"]);
         assert_eq!(store.group_mailboxes().unwrap(), [(id, MemberId([9; 32]))]);
+        assert_eq!(store.leave_requests().unwrap(), [(id, MemberId([8; 32]))]);
+        store.forget_leave_request(&id, &MemberId([8; 32])).unwrap();
+        assert!(store.leave_requests().unwrap().is_empty());
         let mut state = created.group.clone();
         for (candidate, kept) in [
             (name("older", 4, 9), "first"),

@@ -406,6 +406,39 @@ impl Store {
         Ok(out)
     }
 
+    /// Leave requests not acted on yet: (group, member who asked).
+    pub fn leave_requests(&self) -> Result<Vec<(GroupId, MemberId)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT group_id, member FROM leave_requests ORDER BY group_id")?;
+        let mut rows = statement.query([])?;
+        let mut out = Vec::new();
+        let mut n = 0i64;
+        while let Some(row) = rows.next()? {
+            let group: Vec<u8> = row.get(0)?;
+            let member: Vec<u8> = row.get(1)?;
+            out.push((
+                group_id_from(&group, "leave_requests", n)?,
+                member_from(&member, "leave_requests", n)?,
+            ));
+            n += 1;
+        }
+        Ok(out)
+    }
+
+    /// Drops a leave request that no longer applies (the member is gone, or this node left
+    /// the group).
+    pub fn forget_leave_request(
+        &mut self,
+        group: &GroupId,
+        member: &MemberId,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM leave_requests WHERE group_id = ?1 AND member = ?2")?
+            .execute(params![group.as_bytes(), member.0])?;
+        Ok(())
+    }
+
     /// Every named group's current name.
     pub fn group_names(&self) -> Result<Vec<crate::GroupName>, StoreError> {
         let mut statement = self.conn.prepare_cached(

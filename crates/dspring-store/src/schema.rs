@@ -189,7 +189,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: a mailbox's positions never go back. Without AUTOINCREMENT, SQLite reused ids once
     // expiry had emptied the table, and a member's news cursor or sync position past them
     // skipped the new envelopes. The table is rebuilt with its ids kept. A member keeps each
-    // own mailbox's news cursor across restarts, and where each removed member's log ends.
+    // own mailbox's news cursor across restarts, where each removed member's log ends, and
+    // the leave requests not yet acted on.
     r#"
     CREATE TABLE mailbox_envelopes_v6 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -219,6 +220,14 @@ const MIGRATIONS: &[&str] = &[
     -- Members removed from a group, and the end of the group log when their removal was
     -- logged here: a removed member's sync is answered up to there (what it may read, and
     -- what it needs to deliver its own removal), and no further.
+    -- Members who asked to leave a group and are not removed yet: the remaining members'
+    -- nodes take turns removing them, and a restart must not forget the request.
+    CREATE TABLE leave_requests (
+        group_id BLOB NOT NULL,
+        member BLOB NOT NULL,
+        PRIMARY KEY (group_id, member)
+    ) WITHOUT ROWID;
+
     CREATE TABLE former_members (
         group_ref INTEGER NOT NULL REFERENCES groups(id),
         member BLOB NOT NULL,

@@ -779,9 +779,17 @@ fn a_removed_member_is_served_the_log_up_to_its_removal_only() {
     let mut store = open(dir.path());
     store.apply(&p.bob_join).unwrap();
     let before = p.bob_group.send(b"before").unwrap();
-    store.apply(&before).unwrap();
+    // Alice asked to leave (group metadata, committed with the step that carried it); her
+    // removal's commit drops the request.
+    let asked = dspring_store::Metadata {
+        leave_requests: vec![(GROUP, p.alice.id())],
+        ..Default::default()
+    };
+    store.apply_steps(&[&before], &[], &asked).unwrap();
+    assert_eq!(store.leave_requests().unwrap(), [(GROUP, p.alice.id())]);
     let removed = before.group.remove(p.alice.id(), &mut p.rng).unwrap();
     store.apply(&removed).unwrap();
+    assert!(store.leave_requests().unwrap().is_empty());
     let end = store.log_end(&GROUP).unwrap();
     let after = removed.group.send(b"after").unwrap();
     store.apply(&after).unwrap();
