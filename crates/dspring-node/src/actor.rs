@@ -115,6 +115,13 @@ enum Internal {
     },
 }
 
+/// What became of a welcome.
+enum Welcomed {
+    Joined,
+    /// Held as an invitation for the user to accept.
+    Held,
+}
+
 /// The news of one own mailbox being fetched.
 struct NewsFetch {
     mailbox: MemberId,
@@ -573,6 +580,20 @@ impl Actor {
             }
             Request::Traffic(reply) => {
                 let _ = reply.send(self.net.traffic().await.map_err(Into::into));
+            }
+            Request::Invitations(reply) => {
+                let _ = reply.send(self.store.invitations().map_err(Into::into));
+            }
+            Request::AcceptInvitation(group, reply) => {
+                let _ = reply.send(self.accept_invitation(group).await);
+            }
+            Request::DeclineInvitation(group, reply) => {
+                let result = match self.store.drop_invitation(&group) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(NodeError::NoInvitation),
+                    Err(error) => Err(error.into()),
+                };
+                let _ = reply.send(result);
             }
             Request::DialAddresses(reply) => {
                 let peer = libp2p::multiaddr::Protocol::P2p(self.net.local_peer_id);
@@ -1075,6 +1096,7 @@ impl Actor {
             catching_up: catching_up.into_values().collect(),
             own_mailboxes: self.own_mailboxes.len(),
             fetching_news: self.news_fetching.len(),
+            invitations: self.store.invitations()?.len(),
             mailbox_groups: match self.mailbox {
                 Some(_) => Some(self.store.mailbox_groups()?.len()),
                 None => None,
@@ -1672,37 +1694,71 @@ impl Actor {
         true
     }
 
-    /// Joins a group from a welcome, then catches up from the peer that sent it.
+    /// Takes a welcome as the join policy says: joins, or holds it as an invitation for the
+    /// user. True if either happened (the sender need not offer it again).
     async fn join(&mut self, group: GroupId, envelope: Vec<u8>, from: PeerId) -> bool {
-        let Ok(staged) = Group::join(&self.device, group, envelope, &mut self.rng) else {
-            return false;
-        };
-        if self.join_from == crate::JoinFrom::Contacts {
+        match self
+            .take_welcome(group, envelope, from, self.join_from)
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%error, "a welcome not taken");
+                false
+            }
+        }
+    }
+
+    /// Joins a group from a welcome, then catches up from the peer that sent it; under
+    /// [`JoinFrom::Contacts`](crate::JoinFrom), a welcome from someone who is not a contact
+    /// is held as an invitation instead (nothing of the group is committed, and the one-time
+    /// prekey it used stays).
+    async fn take_welcome(
+        &mut self,
+        group: GroupId,
+        envelope: Vec<u8>,
+        from: PeerId,
+        policy: crate::JoinFrom,
+    ) -> Result<Welcomed, NodeError> {
+        let staged = Group::join(&self.device, group, envelope.clone(), &mut self.rng)
+            .map_err(NodeError::Welcome)?;
+        if policy == crate::JoinFrom::Contacts {
             let adder = staged.events.iter().find_map(|event| match event {
                 dspring_proto::Event::Joined { by } => Some(*by),
                 _ => None,
             });
-            let known = match adder {
-                Some(adder) => self.store.contact(&adder).ok().flatten().is_some(),
-                None => false,
-            };
-            if !known {
-                // Nothing is committed (the one-time prekey the welcome used stays); the
-                // sender's node takes the refusal as an answer and stops offering it.
+            if let Some(adder) = adder
+                && self.store.contact(&adder)?.is_none()
+            {
+                self.store
+                    .hold_invitation(&group, &adder, &envelope, now_ms())?;
                 tracing::info!(
-                    ?adder,
-                    "refused a welcome from someone who is not a contact"
+                    adder = %short_hex(adder.as_bytes()),
+                    "an invitation from someone who is not a contact: `invitation list`"
                 );
-                return false;
+                return Ok(Welcomed::Held);
             }
         }
-        if self.commit(&staged).await.is_err() {
-            return false;
-        }
+        self.commit(&staged).await?;
         let _ = self.net.send(Command::Subscribe(group)).await;
         self.request_sync(group, from, 0);
         self.joined(group).await;
-        true
+        Ok(Welcomed::Joined)
+    }
+
+    /// Joins the group of a held invitation, whoever sent it.
+    async fn accept_invitation(&mut self, group: GroupId) -> Result<(), NodeError> {
+        let Some((adder, welcome)) = self.store.invitation(&group)? else {
+            return Err(NodeError::NoInvitation);
+        };
+        if !self.groups.contains_key(&group) {
+            let from = dspring_net::identity::peer_id(&adder)
+                .map_err(|e| dspring_net::NetworkError::Setup(format!("the adder's key: {e}")))?;
+            self.take_welcome(group, welcome, from, crate::JoinFrom::Anyone)
+                .await?;
+        }
+        self.store.drop_invitation(&group)?;
+        Ok(())
     }
 
     /// Asks `peer` for what this node lacks of `group`, one page, in the background.

@@ -64,6 +64,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use dspring_net::Traffic;
+pub use dspring_store::Invitation;
 pub use libp2p::Multiaddr;
 pub use libp2p::multiaddr::Protocol;
 pub use safety::{safety_number, same_safety_number};
@@ -85,6 +86,9 @@ pub struct NodeStatus {
     /// Own mailboxes whose news (groups with envelopes while this node was away) are being
     /// fetched.
     pub fetching_news: usize,
+    /// Invitations held for the user: welcomes from people who are not contacts, under
+    /// [`JoinFrom::Contacts`].
+    pub invitations: usize,
     /// Groups this node keeps as a mailbox (`None`: it is not one).
     pub mailbox_groups: Option<usize>,
 }
@@ -151,8 +155,9 @@ pub enum JoinFrom {
     /// Anyone who has this node's contact card or finds its record in the DHT.
     #[default]
     Anyone,
-    /// Only this node's contacts: a welcome from anyone else is refused, and its sender's
-    /// node stops offering it (the sender's group lists this node until someone removes it).
+    /// Only this node's contacts: a welcome from anyone else is held as an invitation
+    /// ([`Node::invitations`]) for the user to accept or decline; its sender's node stops
+    /// offering it (the sender's group lists this node until someone removes it).
     Contacts,
 }
 
@@ -222,6 +227,10 @@ pub enum NodeError {
     NotFound(MemberId),
     #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
     BootstrapAddress(Multiaddr),
+    #[error("no invitation to that group")]
+    NoInvitation,
+    #[error("not a welcome this node can take: {0}")]
+    Welcome(dspring_proto::ReceiveError),
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
@@ -248,6 +257,9 @@ pub(crate) enum Request {
     Block(MemberId, bool, Reply<()>),
     Traffic(Reply<dspring_net::Traffic>),
     DialAddresses(Reply<Vec<Multiaddr>>),
+    Invitations(Reply<Vec<Invitation>>),
+    AcceptInvitation(GroupId, Reply<()>),
+    DeclineInvitation(GroupId, Reply<()>),
     Lookup(MemberId, Reply<ContactCard>),
     MailboxHeld(GroupId, Reply<(u64, u64)>),
     Stop(oneshot::Sender<()>),
@@ -483,6 +495,23 @@ impl Node {
     /// node names to bootstrap from this one ([`NodeConfig::bootstrap`]).
     pub async fn dial_addresses(&self) -> Result<Vec<Multiaddr>, NodeError> {
         self.ask(Request::DialAddresses).await
+    }
+
+    /// Welcomes held for the user under [`JoinFrom::Contacts`]: groups that people who are
+    /// not contacts added this node to.
+    pub async fn invitations(&self) -> Result<Vec<Invitation>, NodeError> {
+        self.ask(Request::Invitations).await
+    }
+
+    /// Joins the group of a held invitation.
+    pub async fn accept_invitation(&self, group: GroupId) -> Result<(), NodeError> {
+        self.ask(|r| Request::AcceptInvitation(group, r)).await
+    }
+
+    /// Drops a held invitation (the adder's group still lists this node until someone
+    /// removes it).
+    pub async fn decline_invitation(&self, group: GroupId) -> Result<(), NodeError> {
+        self.ask(|r| Request::DeclineInvitation(group, r)).await
     }
 
     /// Mailbox role: envelopes and bytes held for `group`.

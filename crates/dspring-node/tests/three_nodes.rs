@@ -246,10 +246,10 @@ async fn a_member_removed_while_offline_learns_it_on_return() {
     assert!(!read.contains(&"after C was removed".to_owned()));
 }
 
-/// A node that takes welcomes from its contacts only refuses a stranger's group and joins a
-/// contact's.
+/// A node that takes welcomes from its contacts only joins a contact's group at once, and
+/// holds a stranger's as an invitation until its user accepts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_contacts_only_node_refuses_a_strangers_group() {
+async fn a_contacts_only_node_holds_a_strangers_group_until_its_user_accepts() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let friend = start(dirs[0].path()).await;
     let stranger = start(dirs[1].path()).await;
@@ -264,13 +264,42 @@ async fn a_contacts_only_node_refuses_a_strangers_group() {
         .add_contact(picky.contact().await.unwrap(), "picky")
         .await
         .unwrap();
-    let spam = stranger.create_group("spam", &[picky.id()]).await.unwrap();
+    let invited = stranger
+        .create_group("invited", &[picky.id()])
+        .await
+        .unwrap();
     let real = friend.create_group("real", &[picky.id()]).await.unwrap();
     until("the picky node joins its contact's group", async || {
         picky.groups().await.unwrap().contains(&real)
     })
     .await;
-    // The stranger's welcome was offered at once too, and on every retry since.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    assert!(!picky.groups().await.unwrap().contains(&spam));
+    until(
+        "the stranger's group is held as an invitation",
+        async || !picky.invitations().await.unwrap().is_empty(),
+    )
+    .await;
+    let held = picky.invitations().await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].group, held[0].adder), (invited, stranger.id()));
+    assert_eq!(picky.status().await.unwrap().invitations, 1);
+    assert!(!picky.groups().await.unwrap().contains(&invited));
+    stranger.send(invited, b"welcome aboard").await.unwrap();
+
+    // Accepted: the picky node joins and catches up from the stranger.
+    picky.accept_invitation(invited).await.unwrap();
+    assert!(picky.invitations().await.unwrap().is_empty());
+    until("the picky node reads the stranger's group", async || {
+        texts(&picky, invited)
+            .await
+            .contains(&"welcome aboard".to_owned())
+    })
+    .await;
+    assert!(matches!(
+        picky.accept_invitation(invited).await,
+        Err(dspring_node::NodeError::NoInvitation)
+    ));
+    assert!(matches!(
+        picky.decline_invitation(invited).await,
+        Err(dspring_node::NodeError::NoInvitation)
+    ));
 }

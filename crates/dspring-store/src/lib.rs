@@ -43,6 +43,7 @@ mod at_rest;
 mod contacts;
 mod device;
 mod error;
+mod invitations;
 mod log;
 mod mailbox;
 mod marks;
@@ -62,6 +63,7 @@ pub use at_rest::{
 };
 pub use contacts::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN};
 pub use error::{Corrupt, OpenError, StoreError};
+pub use invitations::{Invitation, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
 pub use log::{HeldMark, LogEntry, OutboxEntry, SenderMark, StoredEvent};
 pub use mailbox::{MailboxGroup, MailboxNews};
 pub use schema::SCHEMA_VERSION;

@@ -190,7 +190,7 @@ const MIGRATIONS: &[&str] = &[
     // expiry had emptied the table, and a member's news cursor or sync position past them
     // skipped the new envelopes. The table is rebuilt with its ids kept. A member keeps each
     // own mailbox's news cursor across restarts, where each removed member's log ends, and
-    // the leave requests not yet acted on.
+    // the leave requests not yet acted on; and invitations held for the user.
     r#"
     CREATE TABLE mailbox_envelopes_v6 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -226,6 +226,15 @@ const MIGRATIONS: &[&str] = &[
         group_id BLOB NOT NULL,
         member BLOB NOT NULL,
         PRIMARY KEY (group_id, member)
+    ) WITHOUT ROWID;
+
+    -- Welcomes from people who are not contacts, for the user to accept or decline (a node
+    -- that takes welcomes from contacts only); bounded by the code.
+    CREATE TABLE invitations (
+        group_id BLOB PRIMARY KEY,
+        adder BLOB NOT NULL,
+        welcome BLOB NOT NULL,
+        received_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
 
     CREATE TABLE former_members (

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use dspring_proto::{Device, Event, Group, GroupId, Outgoing, Staged};
+use dspring_proto::{Device, Event, Group, GroupId, MemberId, Outgoing, Staged};
 use dspring_store::{
     Contact, DATABASE_FILE, KEY_FILE, KeySource, OpenError, SCHEMA_VERSION, Store, StoreError,
 };
@@ -817,5 +817,63 @@ fn a_removed_member_is_served_the_log_up_to_its_removal_only() {
     assert_eq!(
         store.former_member_end(&GROUP, &p.alice.id()).unwrap(),
         Some(end)
+    );
+}
+
+#[test]
+fn invitations_are_held_bounded_per_adder_and_in_all() {
+    use dspring_store::{MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let stranger = MemberId([1; 32]);
+    let group = |n: u8| GroupId([n; 32]);
+    store
+        .hold_invitation(&group(10), &stranger, b"w10", 10)
+        .unwrap();
+    // The same welcome offered again is held once, as first received.
+    store
+        .hold_invitation(&group(10), &stranger, b"again", 99)
+        .unwrap();
+    assert_eq!(
+        store.invitation(&group(10)).unwrap(),
+        Some((stranger, b"w10".to_vec()))
+    );
+    // One adder keeps its newest few.
+    for n in 11..(11 + MAX_INVITATIONS_PER_ADDER as u8) {
+        store
+            .hold_invitation(&group(n), &stranger, b"w", u64::from(n))
+            .unwrap();
+    }
+    let held = store.invitations().unwrap();
+    assert_eq!(held.len(), MAX_INVITATIONS_PER_ADDER);
+    assert!(held.iter().all(|i| i.group != group(10)), "the oldest went");
+    // All together stay within the bound, the oldest going first.
+    for n in 0..(MAX_INVITATIONS as u8 + 5) {
+        store
+            .hold_invitation(
+                &group(100 + n),
+                &MemberId([n; 32]),
+                b"w",
+                1000 + u64::from(n),
+            )
+            .unwrap();
+    }
+    let held = store.invitations().unwrap();
+    assert_eq!(held.len(), MAX_INVITATIONS);
+    assert_eq!(
+        held.last().unwrap().group,
+        group(100 + MAX_INVITATIONS as u8 + 4)
+    );
+    assert!(
+        held.windows(2)
+            .all(|w| w[0].received_ms <= w[1].received_ms)
+    );
+    // Declined or taken: gone, and kept across a restart otherwise.
+    assert!(store.drop_invitation(&held[0].group).unwrap());
+    assert!(!store.drop_invitation(&held[0].group).unwrap());
+    drop(store);
+    assert_eq!(
+        open(dir.path()).invitations().unwrap().len(),
+        MAX_INVITATIONS - 1
     );
 }

@@ -155,6 +155,11 @@ const STATUS: &[Field] = &[
         "Own mailboxes whose news are being fetched.",
     ),
     field(
+        "invitations",
+        Ty::Integer,
+        "Invitations waiting for you (`invitation.list`).",
+    ),
+    field(
         "mailbox_groups",
         Ty::IntegerOrNull,
         "Groups this node keeps as a mailbox (null: it is not one).",
@@ -212,6 +217,11 @@ const fn optional(name: &'static str, kind: Kind, doc: &'static str) -> Param {
 
 const GROUP: Param = required("group", Kind::String, "A group's name or id (hex).");
 const CONTACT: Param = required("contact", Kind::String, "A contact's name or id (hex).");
+const INVITED_GROUP: Param = required(
+    "group",
+    Kind::String,
+    "The group's id (hex), as `invitation.list` shows it.",
+);
 const CARD: Param = required(
     "card",
     Kind::String,
@@ -349,6 +359,33 @@ pub const METHODS: &[Method] = &[
         result: Shape::Nothing,
     },
     Method {
+        name: "invitation.list",
+        summary: "Groups that people who are not contacts added this node to, held for you \
+                  to accept or decline (with `join_from = \"contacts\"`).",
+        params: &[],
+        result: Shape::List(&[
+            field("group", Ty::String, "The group's id (hex)."),
+            field("adder", Ty::String, "Who added you (member id, hex)."),
+            field(
+                "received_ms",
+                Ty::Integer,
+                "When the invitation came, in ms since the Unix epoch.",
+            ),
+        ]),
+    },
+    Method {
+        name: "invitation.accept",
+        summary: "Joins the group of an invitation; it catches up from the adder.",
+        params: &[INVITED_GROUP],
+        result: Shape::Nothing,
+    },
+    Method {
+        name: "invitation.decline",
+        summary: "Drops an invitation.",
+        params: &[INVITED_GROUP],
+        result: Shape::Nothing,
+    },
+    Method {
         name: "mailbox.use",
         summary: "Makes the node behind a contact card (a mailbox that has this node as a \
                   contact) one of this node's mailboxes: it keeps this node's groups while \
@@ -442,6 +479,8 @@ impl From<NodeError> for ApiError {
             NodeError::Group(_) => Self::new(409, "group_refused", error.to_string()),
             NodeError::NotFound(_) => Self::new(404, "not_found", error.to_string()),
             NodeError::Stopped => Self::new(503, "stopped", error.to_string()),
+            NodeError::NoInvitation => Self::new(404, "no_invitation", error.to_string()),
+            NodeError::Welcome(_) => Self::new(409, "group_refused", error.to_string()),
             other => Self::new(500, "node_error", other.to_string()),
         }
     }
@@ -819,6 +858,33 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             }
             Ok(serde_json::json!({}))
         }
+        "invitation.list" => {
+            let invitations: Vec<Value> = node
+                .invitations()
+                .await?
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "group": hex::encode(i.group.as_bytes()),
+                        "adder": member_hex(&i.adder),
+                        "received_ms": i.received_ms,
+                    })
+                })
+                .collect();
+            json(invitations)
+        }
+        "invitation.accept" | "invitation.decline" => {
+            let p: GroupRef = parse(params)?;
+            let group = hex32(p.group.trim())
+                .map(GroupId)
+                .ok_or_else(|| ApiError::params("a group id is 64 hex digits"))?;
+            if name == "invitation.accept" {
+                node.accept_invitation(group).await?;
+            } else {
+                node.decline_invitation(group).await?;
+            }
+            Ok(serde_json::json!({}))
+        }
         "mailbox.use" => {
             let p: MailboxUse = parse(params)?;
             let card = ContactCard::from_text(p.card.trim()).map_err(ApiError::params)?;
@@ -879,6 +945,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 "catching_up": catching_up,
                 "own_mailboxes": status.own_mailboxes,
                 "fetching_news": status.fetching_news,
+                "invitations": status.invitations,
                 "mailbox_groups": status.mailbox_groups,
             }))
         }

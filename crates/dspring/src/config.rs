@@ -48,8 +48,8 @@ mdns = true
 # connections open; it wakes up when anyone in it sends.
 idle_group_after_secs = 120
 # Who can add you to a group: "anyone" who has your contact card (or finds you in the DHT),
-# or "contacts" only. With "contacts", add someone's card before they add you: a welcome
-# from anyone else is refused for good.
+# or "contacts" only. With "contacts", a welcome from anyone else is held as an invitation:
+# `dspring invitation list`, then `accept` or `decline` (at most 32 are held, 3 per sender).
 join_from = "anyone"
 
 [mailbox]

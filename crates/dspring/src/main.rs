@@ -107,6 +107,9 @@ enum Command {
     /// Mailboxes: nodes that keep your groups' ciphertext while you are offline.
     #[command(subcommand)]
     Mailbox(MailboxCommand),
+    /// Groups people who are not your contacts added you to (with `join_from = "contacts"`).
+    #[command(subcommand)]
+    Invitation(InvitationCommand),
     /// Sends a message to a group (`-` reads it from standard input).
     Send { group: String, text: String },
     /// A group's messages after event cursor `--after` (the cursor is the `#` number shown).
@@ -157,6 +160,18 @@ enum ContactCommand {
         /// Marks the contact not verified.
         #[arg(long, conflicts_with = "safety_number")]
         undo: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InvitationCommand {
+    List,
+    /// Joins the group (its id, as `invitation list` shows it).
+    Accept {
+        group: String,
+    },
+    Decline {
+        group: String,
     },
 }
 
@@ -449,6 +464,13 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
         ),
         Command::Status { .. } => ("status", json!({})),
         Command::Mailbox(MailboxCommand::Use { card }) => ("mailbox.use", json!({ "card": card })),
+        Command::Invitation(InvitationCommand::List) => ("invitation.list", json!({})),
+        Command::Invitation(InvitationCommand::Accept { group }) => {
+            ("invitation.accept", json!({ "group": group }))
+        }
+        Command::Invitation(InvitationCommand::Decline { group }) => {
+            ("invitation.decline", json!({ "group": group }))
+        }
     })
 }
 
@@ -650,6 +672,15 @@ fn print_human(method: &str, result: &Value) {
                 );
             }
         }
+        "invitation.list" => {
+            for invitation in result.as_array().into_iter().flatten() {
+                out!(
+                    "{}  from {}",
+                    text_of(invitation, "group"),
+                    text_of(invitation, "adder")
+                );
+            }
+        }
         "contact.show" => {
             let verified = result.get("verified").and_then(Value::as_bool) == Some(true);
             out!("name:          {}", text_of(result, "name"));
@@ -731,6 +762,7 @@ fn print_human(method: &str, result: &Value) {
                 number("own_mailboxes"),
                 number("fetching_news")
             );
+            out!("invitations:      {}", number("invitations"));
             match result.get("mailbox_groups").and_then(Value::as_u64) {
                 Some(groups) => out!("mailbox role:     keeping {groups} groups"),
                 None => out!("mailbox role:     off"),

@@ -123,7 +123,11 @@ impl Drop for Daemon {
 /// The API method a CLI command calls: `group create ...` calls `group.create`.
 fn method_of(args: &[&str]) -> String {
     match args {
-        [noun @ ("contact" | "group" | "mailbox"), verb, ..] => format!("{noun}.{verb}"),
+        [
+            noun @ ("contact" | "group" | "mailbox" | "invitation"),
+            verb,
+            ..,
+        ] => format!("{noun}.{verb}"),
         [command, ..] => (*command).to_owned(),
         [] => String::new(),
     }
@@ -436,6 +440,10 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     assert!(status["outbox"].is_u64() && status["awaiting_welcome"] == 0);
     assert_eq!(status["mailbox_groups"], Value::Null, "not a mailbox");
     assert!(status["catching_up"].is_array());
+    assert_eq!(status["invitations"], 0);
+    assert_eq!(alice.ok(&["invitation", "list"]), json!([]));
+    let (code, _) = alice.cli(&["invitation", "decline", &"0".repeat(64)]);
+    assert_eq!(code, 1, "no such invitation");
     // Every method the API document names is one the daemon dispatches (the table and the
     // dispatch cannot drift apart): called without parameters, none is an unknown method.
     let document: Value = serde_json::from_str(

@@ -1,0 +1,103 @@
+//! Invitations: welcomes from people who are not contacts, held for the user to accept or
+//! decline when the node takes welcomes from contacts only.
+
+use dspring_proto::{GroupId, MemberId};
+use rusqlite::{OptionalExtension, params};
+
+use crate::error::{Corrupt, StoreError};
+use crate::{Store, from_sql_int, group_id_from, to_sql_int};
+
+/// Invitations held at most: a stranger can send many, and the oldest go first.
+pub const MAX_INVITATIONS: usize = 32;
+/// Invitations held from one adder at most, so that one stranger cannot push out the others'.
+pub const MAX_INVITATIONS_PER_ADDER: usize = 3;
+
+/// A welcome held for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invitation {
+    pub group: GroupId,
+    /// Who added this node.
+    pub adder: MemberId,
+    pub received_ms: u64,
+}
+
+fn member_from(bytes: &[u8], row: i64) -> Result<MemberId, Corrupt> {
+    <[u8; 32]>::try_from(bytes)
+        .map(MemberId)
+        .map_err(|_| Corrupt::new("invitations", format!("row {row}"), "adder is not 32 bytes"))
+}
+
+impl Store {
+    /// Holds a welcome (already checked: it is one for this node, signed by `adder`). Once
+    /// `adder` has [`MAX_INVITATIONS_PER_ADDER`] held, or all have [`MAX_INVITATIONS`], the
+    /// oldest of theirs (or of all) goes.
+    pub fn hold_invitation(
+        &mut self,
+        group: &GroupId,
+        adder: &MemberId,
+        welcome: &[u8],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO invitations (group_id, adder, welcome, received_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(group_id) DO NOTHING",
+            params![group.as_bytes(), adder.0, welcome, to_sql_int(now_ms)?],
+        )?;
+        tx.execute(
+            "DELETE FROM invitations WHERE group_id IN (
+                SELECT group_id FROM invitations WHERE adder = ?1
+                ORDER BY received_ms DESC, group_id LIMIT -1 OFFSET ?2)",
+            params![adder.0, to_sql_int(MAX_INVITATIONS_PER_ADDER as u64)?],
+        )?;
+        tx.execute(
+            "DELETE FROM invitations WHERE group_id IN (
+                SELECT group_id FROM invitations
+                ORDER BY received_ms DESC, group_id LIMIT -1 OFFSET ?1)",
+            params![to_sql_int(MAX_INVITATIONS as u64)?],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The invitations held, oldest first.
+    pub fn invitations(&self) -> Result<Vec<Invitation>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT group_id, adder, received_ms FROM invitations ORDER BY received_ms, group_id",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut out = Vec::new();
+        let mut n = 0i64;
+        while let Some(row) = rows.next()? {
+            let group: Vec<u8> = row.get(0)?;
+            let adder: Vec<u8> = row.get(1)?;
+            out.push(Invitation {
+                group: group_id_from(&group, "invitations", n)?,
+                adder: member_from(&adder, n)?,
+                received_ms: from_sql_int(row.get(2)?, "invitations", "received_ms")?,
+            });
+            n += 1;
+        }
+        Ok(out)
+    }
+
+    /// The held welcome of `group` and who sent it, if any (it stays held).
+    pub fn invitation(&self, group: &GroupId) -> Result<Option<(MemberId, Vec<u8>)>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT adder, welcome FROM invitations WHERE group_id = ?1")?
+            .query_row([group.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(adder, welcome)| Ok((member_from(&adder, 0)?, welcome)))
+            .transpose()
+    }
+
+    /// Drops an invitation (declined, or accepted and joined). False if there was none.
+    pub fn drop_invitation(&mut self, group: &GroupId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM invitations WHERE group_id = ?1")?
+            .execute([group.as_bytes()])?
+            > 0)
+    }
+}
