@@ -115,6 +115,15 @@ enum Internal {
     },
 }
 
+/// How much of a sync page was kept.
+enum PageKept {
+    All,
+    /// Some envelopes found the delivery buffer full.
+    Some,
+    /// None: the store failed.
+    Nothing,
+}
+
 /// What became of a welcome.
 enum Welcomed {
     Joined,
@@ -588,7 +597,7 @@ impl Actor {
                 let _ = reply.send(self.accept_invitation(group).await);
             }
             Request::DeclineInvitation(group, reply) => {
-                let result = match self.store.drop_invitation(&group) {
+                let result = match self.store.decline_invitation(&group) {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(NodeError::NoInvitation),
                     Err(error) => Err(error.into()),
@@ -837,6 +846,8 @@ impl Actor {
             .map(|(id, _)| *id)
             .collect();
         let after = self.own_mailboxes.get(&mailbox).copied().unwrap_or(0);
+        // One fetch of a mailbox's news at a time: a second would tick off the first's syncs.
+        let ask = !self.news_fetching.contains_key(&peer);
         let net = self.net.clone();
         let internal = self.internal.clone();
         tokio::spawn(async move {
@@ -845,8 +856,22 @@ impl Actor {
                     tracing::debug!(%error, "registering with a mailbox");
                 }
             }
-            ask_news(&net, &internal, mailbox, peer, after).await;
+            if ask {
+                ask_news(&net, &internal, mailbox, peer, after).await;
+            }
         });
+    }
+
+    /// A sync the news of `peer` waited for failed: the news stay unread, asked again when
+    /// the mailbox next connects.
+    fn news_failed(&mut self, peer: PeerId, group: GroupId) {
+        if self
+            .news_fetching
+            .get(&peer)
+            .is_some_and(|fetch| fetch.syncing.contains(&group))
+        {
+            self.news_fetching.remove(&peer);
+        }
     }
 
     /// Moves an own mailbox's news cursor once every group its news named has synced, and
@@ -1157,8 +1182,6 @@ impl Actor {
         Ok(())
     }
 
-    /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
-    /// members before it in member-id order have had theirs.
     /// Takes up the leave requests a previous run had not acted on: turns count from now.
     fn restore_leave_requests(&mut self) {
         let requests = match self.store.leave_requests() {
@@ -1184,6 +1207,8 @@ impl Actor {
         }
     }
 
+    /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
+    /// members before it in member-id order have had theirs.
     fn leave_requested(&mut self, group: &Group, leaver: MemberId) {
         let me = self.device.id();
         if leaver == me || !group.is_active() || self.leave_requests.len() >= MAX_LEAVE_REQUESTS {
@@ -1401,9 +1426,16 @@ impl Actor {
                 let accepted = if self.groups.contains_key(&group) {
                     match self.judge(group, request.envelope) {
                         Ok(staged) => {
-                            // It waits for earlier envelopes: the peer that sent it has them
-                            // (a removal delivered to the member it removes, say).
-                            if only_buffered(&staged) {
+                            // It waits for earlier envelopes: the member that sent it has them
+                            // (a removal delivered to the member it removes, say). Only a
+                            // member's, and only a newly buffered one: a replay asks nothing.
+                            let from_member =
+                                dspring_net::identity::member(&peer).is_some_and(|m| {
+                                    self.groups
+                                        .get(&group)
+                                        .is_some_and(|g| g.members().contains(&m))
+                                });
+                            if from_member && newly_buffered(&staged) {
                                 self.request_sync(group, peer, self.sync_position(&group, &peer));
                             }
                             self.commit(&staged).await.is_ok()
@@ -1671,27 +1703,35 @@ impl Actor {
     }
 
     /// Takes a sync page through the core, each envelope on the state the previous one left,
-    /// and commits the accepted ones together. False if the store failed.
-    async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) -> bool {
+    /// and commits the accepted ones together.
+    async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) -> PageKept {
         let Some(base) = self.groups.get(&group) else {
-            return true;
+            return PageKept::All;
         };
         let mut steps: Vec<Staged> = Vec::with_capacity(envelopes.len());
+        // A full delivery buffer refuses for now, not for good: the page is not all kept.
+        let mut all_kept = true;
         for envelope in envelopes {
             let current = steps.last().map_or(base, |s| &s.group);
             match current.receive(&self.device, envelope, &mut self.rng) {
                 Ok(staged) => steps.push(staged),
+                Err(ReceiveError::BufferFull) => all_kept = false,
                 Err(error) => tracing::debug!(%error, "refused an envelope"),
             }
         }
+        let kept = if all_kept {
+            PageKept::All
+        } else {
+            PageKept::Some
+        };
         if steps.is_empty() {
-            return true;
+            return kept;
         }
         if let Err(error) = self.commit_steps(&steps).await {
             tracing::warn!(%error, "committing a sync page");
-            return false;
+            return PageKept::Nothing;
         }
-        true
+        kept
     }
 
     /// Takes a welcome as the join policy says: joins, or holds it as an invitation for the
@@ -1727,22 +1767,45 @@ impl Actor {
                 dspring_proto::Event::Joined { by } => Some(*by),
                 _ => None,
             });
-            if let Some(adder) = adder
-                && self.store.contact(&adder)?.is_none()
-            {
-                self.store
-                    .hold_invitation(&group, &adder, &envelope, now_ms())?;
-                tracing::info!(
-                    adder = %short_hex(adder.as_bytes()),
-                    "an invitation from someone who is not a contact: `invitation list`"
-                );
-                return Ok(Welcomed::Held);
+            let Some(adder) = adder else {
+                return Err(NodeError::NoInvitation);
+            };
+            if self.store.contact(&adder)?.is_none() {
+                return match self
+                    .store
+                    .hold_invitation(&group, &adder, &envelope, now_ms())?
+                {
+                    dspring_store::Held::Kept => {
+                        tracing::info!(
+                            adder = %short_hex(adder.as_bytes()),
+                            "an invitation from someone who is not a contact: `invitation list`"
+                        );
+                        Ok(Welcomed::Held)
+                    }
+                    // Declined: the sender may stop offering it.
+                    dspring_store::Held::Declined => Ok(Welcomed::Held),
+                    _ => Err(NodeError::NoInvitation),
+                };
             }
         }
         self.commit(&staged).await?;
         let _ = self.net.send(Command::Subscribe(group)).await;
         self.request_sync(group, from, 0);
+        // And from the own mailboxes connected now: the news that named this group may have
+        // come before the join (an invitation accepted later), and moved on past it.
+        let mailboxes: Vec<PeerId> = self
+            .own_mailboxes
+            .keys()
+            .filter_map(|m| dspring_net::identity::peer_id(m).ok())
+            .filter(|p| *p != from && self.connected.contains(p))
+            .collect();
+        for mailbox in mailboxes {
+            self.request_sync(group, mailbox, 0);
+        }
         self.joined(group).await;
+        if let Err(error) = self.store.forget_invitation(&group) {
+            tracing::warn!(%error, "dropping the invitation of a joined group");
+        }
         Ok(Welcomed::Joined)
     }
 
@@ -1754,15 +1817,23 @@ impl Actor {
         if !self.groups.contains_key(&group) {
             let from = dspring_net::identity::peer_id(&adder)
                 .map_err(|e| dspring_net::NetworkError::Setup(format!("the adder's key: {e}")))?;
-            self.take_welcome(group, welcome, from, crate::JoinFrom::Anyone)
-                .await?;
+            let taken = self
+                .take_welcome(group, welcome, from, crate::JoinFrom::Anyone)
+                .await;
+            if let Err(NodeError::Welcome(_)) = taken {
+                // It can never be taken (its prekey went to another welcome, say): drop it
+                // rather than list it for good.
+                self.store.forget_invitation(&group)?;
+            }
+            taken?;
         }
-        self.store.drop_invitation(&group)?;
+        self.store.forget_invitation(&group)?;
         Ok(())
     }
 
-    /// Asks `peer` for what this node lacks of `group`, one page, in the background.
-    fn request_sync(&self, group: GroupId, peer: PeerId, token: u64) {
+    /// Asks `peer` for what this node lacks of `group`, one page, in the background. False if
+    /// no request went out (the store could not say what this node holds).
+    fn request_sync(&self, group: GroupId, peer: PeerId, token: u64) -> bool {
         let held = if self.groups.contains_key(&group) {
             self.store.sync_marks(&group)
         } else {
@@ -1778,7 +1849,7 @@ impl Actor {
                 .collect()
         });
         let Ok(mut marks): Result<Vec<Mark>, _> = marks else {
-            return;
+            return false;
         };
         marks.truncate(dspring_net::wire::MAX_SYNC_SENDERS);
         self.send_sync(
@@ -1789,6 +1860,7 @@ impl Actor {
                 token,
             },
         );
+        true
     }
 
     /// Sends one sync request in the background; its answer comes back as a `SyncPage`.
@@ -1899,6 +1971,8 @@ impl Actor {
             } => {
                 let member = self.groups.contains_key(&group);
                 if !member && !self.serves(&group) {
+                    // Left while the sync ran: nothing more to fetch for it.
+                    self.news_synced(peer, Some(group));
                     return;
                 }
                 self.count_catch_up(
@@ -1907,10 +1981,23 @@ impl Actor {
                     response.envelopes.len(),
                     response.next.is_some(),
                 );
+                let mut partial = false;
                 if member {
-                    if !self.receive_page(group, response.envelopes).await {
-                        // Not kept: news that led to this sync stay unread.
-                        self.news_fetching.remove(&peer);
+                    match self.receive_page(group, response.envelopes).await {
+                        PageKept::All => {}
+                        // Some wait for room in the delivery buffer: go on (what frees it may
+                        // be on the next pages), but the sync does not count as complete.
+                        PageKept::Some => {
+                            self.news_failed(peer, group);
+                            partial = true;
+                        }
+                        // The store failed: the sync ends here, its position not recorded,
+                        // and news that led to it stay unread.
+                        PageKept::Nothing => {
+                            self.news_failed(peer, group);
+                            self.catching_up.remove(&(group, peer));
+                            return;
+                        }
                     }
                 } else {
                     for envelope in response.envelopes {
@@ -1926,6 +2013,7 @@ impl Actor {
                             token,
                         },
                     ),
+                    None if partial => {}
                     None => {
                         if self.synced.len() < MAX_SYNC_POSITIONS {
                             self.synced.insert((group, peer), response.end);
@@ -1962,11 +2050,17 @@ impl Actor {
                 }
                 let more = groups.len() >= MAX_NEWS_ITEMS;
                 let mut syncing = HashSet::new();
+                // Groups not active here (left, or an invitation not accepted yet) are passed
+                // over: a group joined later syncs from the own mailboxes when it is joined.
                 for group in groups {
-                    if self.groups.get(&group).is_some_and(Group::is_active) {
-                        self.request_sync(group, peer, 0);
-                        syncing.insert(group);
+                    if !self.groups.get(&group).is_some_and(Group::is_active) {
+                        continue;
                     }
+                    if !self.request_sync(group, peer, 0) {
+                        // Nothing asked: the news stay unread for this run.
+                        return;
+                    }
+                    syncing.insert(group);
                 }
                 self.news_fetching.insert(
                     peer,
@@ -1984,8 +2078,7 @@ impl Actor {
             }
             Internal::SyncFailed { group, peer } => {
                 self.catching_up.remove(&(group, peer));
-                // The news stay unread: asked again when the mailbox next connects.
-                self.news_fetching.remove(&peer);
+                self.news_failed(peer, group);
             }
             Internal::Deposited {
                 member,
@@ -2014,20 +2107,23 @@ fn only_buffered(staged: &Staged) -> bool {
     staged.delivered.is_empty() && staged.events.is_empty()
 }
 
-/// Gossip is anonymous: a rejection costs the peer that forwarded the envelope, not its author
-/// (-10 of gossipsub score for one, below the graylist after three; `dspring-net`'s topic
-/// scores).
-/// So only what no honest forwarder passes on is rejected: bytes that are not an envelope, or
-/// a signature that does not verify (the forwarder checked the same bytes against the same
-/// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
-/// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
-/// honest peer before the news that makes them invalid.
+/// The step put an envelope into the delivery buffer that was not there (not a replay).
+fn newly_buffered(staged: &Staged) -> bool {
+    only_buffered(staged) && (staged.changes.base || staged.changes.all)
+}
+
 /// The time a rename carries: now, or just after the name it replaces if that one claims a
 /// later time (a member's clock ahead of ours). A rename thus wins over every name its
 /// member had seen, whatever the clocks say; only concurrent renames go by time.
 fn name_stamp(now_ms: u64, current: Option<&GroupName>) -> u64 {
-    current.map_or(now_ms, |named| now_ms.max(named.set_ms.saturating_add(1)))
+    current
+        .map_or(now_ms, |named| now_ms.max(named.set_ms.saturating_add(1)))
+        .min(MAX_NAME_STAMP)
 }
+
+/// The latest stamp a name can carry: the store keeps stamps as SQLite integers, and the
+/// content decoder drops larger ones.
+const MAX_NAME_STAMP: u64 = i64::MAX as u64;
 
 /// Asks an own mailbox which groups have news after `after`; the answer comes back as
 /// `Internal::News`.
@@ -2052,6 +2148,14 @@ async fn ask_news(
     }
 }
 
+/// Gossip is anonymous: a rejection costs the peer that forwarded the envelope, not its author
+/// (-10 of gossipsub score for one, below the graylist after three; `dspring-net`'s topic
+/// scores).
+/// So only what no honest forwarder passes on is rejected: bytes that are not an envelope, or
+/// a signature that does not verify (the forwarder checked the same bytes against the same
+/// key). The rest is ignored, not forwarded, but not held against the forwarder: a sender
+/// removed concurrently, a stream fork, a message this member cannot decrypt can all reach an
+/// honest peer before the news that makes them invalid.
 fn verdict_of(error: &ReceiveError) -> Verdict {
     match error {
         ReceiveError::Malformed(_) | ReceiveError::BadSignature(_) => Verdict::Reject,

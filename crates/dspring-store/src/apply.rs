@@ -183,6 +183,13 @@ impl Store {
             )?;
             refs.insert(*group, group_ref);
         }
+        // Before the steps' events: a removal in the same batch drops the request it answers.
+        for (group, member) in &metadata.leave_requests {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO leave_requests (group_id, member) VALUES (?1, ?2)",
+            )?
+            .execute(params![group.as_bytes(), member.0])?;
+        }
         let mut results = Vec::with_capacity(batch.len());
         for staged in batch {
             let group = staged.group.id();
@@ -253,12 +260,6 @@ impl Store {
                 "INSERT OR IGNORE INTO group_mailboxes (group_id, mailbox) VALUES (?1, ?2)",
             )?
             .execute(params![group.as_bytes(), mailbox.0])?;
-        }
-        for (group, member) in &metadata.leave_requests {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO leave_requests (group_id, member) VALUES (?1, ?2)",
-            )?
-            .execute(params![group.as_bytes(), member.0])?;
         }
         for named in &metadata.group_names {
             if named.name.len() > MAX_GROUP_NAME_BYTES {

@@ -9,7 +9,8 @@ use crate::{Store, from_sql_int, group_id_from, to_sql_int};
 
 /// Invitations held at most: a stranger can send many, and the oldest go first.
 pub const MAX_INVITATIONS: usize = 32;
-/// Invitations held from one adder at most, so that one stranger cannot push out the others'.
+/// Invitations held from one adder at most: one identity alone cannot fill the list (new
+/// identities cost nothing, so this slows a determined stranger down, no more).
 pub const MAX_INVITATIONS_PER_ADDER: usize = 3;
 
 /// A welcome held for the user.
@@ -21,6 +22,18 @@ pub struct Invitation {
     pub received_ms: u64,
 }
 
+/// What became of a welcome offered as an invitation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Held {
+    /// Held for the user (newly, or already).
+    Kept,
+    /// The user declined this group's invitation before.
+    Declined,
+    /// Pushed out at once by the bounds (a clock cannot do this: eviction goes by arrival).
+    Evicted,
+}
+
 fn member_from(bytes: &[u8], row: i64) -> Result<MemberId, Corrupt> {
     <[u8; 32]>::try_from(bytes)
         .map(MemberId)
@@ -30,40 +43,51 @@ fn member_from(bytes: &[u8], row: i64) -> Result<MemberId, Corrupt> {
 impl Store {
     /// Holds a welcome (already checked: it is one for this node, signed by `adder`). Once
     /// `adder` has [`MAX_INVITATIONS_PER_ADDER`] held, or all have [`MAX_INVITATIONS`], the
-    /// oldest of theirs (or of all) goes.
+    /// oldest of theirs (or of all) goes; declined ones count.
     pub fn hold_invitation(
         &mut self,
         group: &GroupId,
         adder: &MemberId,
         welcome: &[u8],
         now_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Held, StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO invitations (group_id, adder, welcome, received_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(group_id) DO NOTHING",
             params![group.as_bytes(), adder.0, welcome, to_sql_int(now_ms)?],
         )?;
+        // Oldest by arrival order (ids), not by clock: a clock set back must not evict the
+        // newest.
         tx.execute(
-            "DELETE FROM invitations WHERE group_id IN (
-                SELECT group_id FROM invitations WHERE adder = ?1
-                ORDER BY received_ms DESC, group_id LIMIT -1 OFFSET ?2)",
+            "DELETE FROM invitations WHERE id IN (
+                SELECT id FROM invitations WHERE adder = ?1 ORDER BY id DESC LIMIT -1 OFFSET ?2)",
             params![adder.0, to_sql_int(MAX_INVITATIONS_PER_ADDER as u64)?],
         )?;
         tx.execute(
-            "DELETE FROM invitations WHERE group_id IN (
-                SELECT group_id FROM invitations
-                ORDER BY received_ms DESC, group_id LIMIT -1 OFFSET ?1)",
+            "DELETE FROM invitations WHERE id IN (
+                SELECT id FROM invitations ORDER BY id DESC LIMIT -1 OFFSET ?1)",
             params![to_sql_int(MAX_INVITATIONS as u64)?],
         )?;
+        let declined: Option<bool> = tx
+            .query_row(
+                "SELECT declined FROM invitations WHERE group_id = ?1",
+                [group.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?;
         tx.commit()?;
-        Ok(())
+        Ok(match declined {
+            Some(false) => Held::Kept,
+            Some(true) => Held::Declined,
+            None => Held::Evicted,
+        })
     }
 
-    /// The invitations held, oldest first.
+    /// The invitations held and not declined, oldest first.
     pub fn invitations(&self) -> Result<Vec<Invitation>, StoreError> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT group_id, adder, received_ms FROM invitations ORDER BY received_ms, group_id",
+            "SELECT group_id, adder, received_ms FROM invitations WHERE declined = 0 ORDER BY id",
         )?;
         let mut rows = statement.query([])?;
         let mut out = Vec::new();
@@ -81,23 +105,36 @@ impl Store {
         Ok(out)
     }
 
-    /// The held welcome of `group` and who sent it, if any (it stays held).
+    /// The held (not declined) welcome of `group` and who sent it, if any.
     pub fn invitation(&self, group: &GroupId) -> Result<Option<(MemberId, Vec<u8>)>, StoreError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT adder, welcome FROM invitations WHERE group_id = ?1")?
+            .prepare_cached(
+                "SELECT adder, welcome FROM invitations WHERE group_id = ?1 AND declined = 0",
+            )?
             .query_row([group.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         row.map(|(adder, welcome)| Ok((member_from(&adder, 0)?, welcome)))
             .transpose()
     }
 
-    /// Drops an invitation (declined, or accepted and joined). False if there was none.
-    pub fn drop_invitation(&mut self, group: &GroupId) -> Result<bool, StoreError> {
+    /// Declines an invitation: no longer listed, and not listed again when offered again.
+    /// False if there was none to decline.
+    pub fn decline_invitation(&mut self, group: &GroupId) -> Result<bool, StoreError> {
         Ok(self
             .conn
-            .prepare_cached("DELETE FROM invitations WHERE group_id = ?1")?
+            .prepare_cached(
+                "UPDATE invitations SET declined = 1, welcome = x'' WHERE group_id = ?1 AND declined = 0",
+            )?
             .execute([group.as_bytes()])?
             > 0)
+    }
+
+    /// Forgets a group's invitation, declined or not (the group was joined).
+    pub fn forget_invitation(&mut self, group: &GroupId) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM invitations WHERE group_id = ?1")?
+            .execute([group.as_bytes()])?;
+        Ok(())
     }
 }

@@ -63,7 +63,7 @@ pub use at_rest::{
 };
 pub use contacts::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN};
 pub use error::{Corrupt, OpenError, StoreError};
-pub use invitations::{Invitation, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
+pub use invitations::{Held, Invitation, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
 pub use log::{HeldMark, LogEntry, OutboxEntry, SenderMark, StoredEvent};
 pub use mailbox::{MailboxGroup, MailboxNews};
 pub use schema::SCHEMA_VERSION;

@@ -217,9 +217,6 @@ const MIGRATIONS: &[&str] = &[
 
     ALTER TABLE own_mailboxes ADD COLUMN news_after INTEGER NOT NULL DEFAULT 0;
 
-    -- Members removed from a group, and the end of the group log when their removal was
-    -- logged here: a removed member's sync is answered up to there (what it may read, and
-    -- what it needs to deliver its own removal), and no further.
     -- Members who asked to leave a group and are not removed yet: the remaining members'
     -- nodes take turns removing them, and a restart must not forget the request.
     CREATE TABLE leave_requests (
@@ -230,13 +227,20 @@ const MIGRATIONS: &[&str] = &[
 
     -- Welcomes from people who are not contacts, for the user to accept or decline (a node
     -- that takes welcomes from contacts only); bounded by the code.
+    -- A declined one stays (not listed) so that the same welcome, offered again by the adder
+    -- or a mailbox, is not listed again.
     CREATE TABLE invitations (
-        group_id BLOB PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        group_id BLOB NOT NULL UNIQUE,
         adder BLOB NOT NULL,
         welcome BLOB NOT NULL,
-        received_ms INTEGER NOT NULL
-    ) WITHOUT ROWID;
+        received_ms INTEGER NOT NULL,
+        declined INTEGER NOT NULL DEFAULT 0
+    );
 
+    -- Members removed from a group, and the end of the group log when their removal was
+    -- logged here: a removed member's sync is answered up to there (what it may read, and
+    -- what it needs to deliver its own removal), and no further.
     CREATE TABLE former_members (
         group_ref INTEGER NOT NULL REFERENCES groups(id),
         member BLOB NOT NULL,

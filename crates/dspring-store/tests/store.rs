@@ -822,14 +822,15 @@ fn a_removed_member_is_served_the_log_up_to_its_removal_only() {
 
 #[test]
 fn invitations_are_held_bounded_per_adder_and_in_all() {
-    use dspring_store::{MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
+    use dspring_store::{Held, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
     let stranger = MemberId([1; 32]);
     let group = |n: u8| GroupId([n; 32]);
-    store
+    let kept = store
         .hold_invitation(&group(10), &stranger, b"w10", 10)
         .unwrap();
+    assert_eq!(kept, Held::Kept);
     // The same welcome offered again is held once, as first received.
     store
         .hold_invitation(&group(10), &stranger, b"again", 99)
@@ -838,24 +839,33 @@ fn invitations_are_held_bounded_per_adder_and_in_all() {
         store.invitation(&group(10)).unwrap(),
         Some((stranger, b"w10".to_vec()))
     );
-    // One adder keeps its newest few.
+    // One adder keeps its newest few, newest by arrival whatever the clock says.
     for n in 11..(11 + MAX_INVITATIONS_PER_ADDER as u8) {
         store
-            .hold_invitation(&group(n), &stranger, b"w", u64::from(n))
+            .hold_invitation(&group(n), &stranger, b"w", 5)
             .unwrap();
     }
     let held = store.invitations().unwrap();
     assert_eq!(held.len(), MAX_INVITATIONS_PER_ADDER);
     assert!(held.iter().all(|i| i.group != group(10)), "the oldest went");
+    // Declined: not listed, and not listed again when offered again.
+    assert!(store.decline_invitation(&group(11)).unwrap());
+    assert!(!store.decline_invitation(&group(11)).unwrap());
+    assert_eq!(
+        store
+            .hold_invitation(&group(11), &stranger, b"w", 50)
+            .unwrap(),
+        Held::Declined
+    );
+    assert_eq!(store.invitation(&group(11)).unwrap(), None);
+    assert_eq!(
+        store.invitations().unwrap().len(),
+        MAX_INVITATIONS_PER_ADDER - 1
+    );
     // All together stay within the bound, the oldest going first.
     for n in 0..(MAX_INVITATIONS as u8 + 5) {
         store
-            .hold_invitation(
-                &group(100 + n),
-                &MemberId([n; 32]),
-                b"w",
-                1000 + u64::from(n),
-            )
+            .hold_invitation(&group(100 + n), &MemberId([n; 32]), b"w", 1000)
             .unwrap();
     }
     let held = store.invitations().unwrap();
@@ -864,16 +874,30 @@ fn invitations_are_held_bounded_per_adder_and_in_all() {
         held.last().unwrap().group,
         group(100 + MAX_INVITATIONS as u8 + 4)
     );
-    assert!(
-        held.windows(2)
-            .all(|w| w[0].received_ms <= w[1].received_ms)
-    );
-    // Declined or taken: gone, and kept across a restart otherwise.
-    assert!(store.drop_invitation(&held[0].group).unwrap());
-    assert!(!store.drop_invitation(&held[0].group).unwrap());
+    assert_eq!(held.first().unwrap().group, group(105));
+    // Forgotten (joined): gone; the rest is kept across a restart.
+    store.forget_invitation(&held[0].group).unwrap();
     drop(store);
     assert_eq!(
         open(dir.path()).invitations().unwrap().len(),
         MAX_INVITATIONS - 1
     );
+}
+
+#[test]
+fn a_leave_request_and_its_removal_in_one_batch_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pair(13);
+    let mut store = open(dir.path());
+    store.apply(&p.bob_join).unwrap();
+    let asked = p.bob_group.send(b"leave request").unwrap();
+    let removed = asked.group.remove(p.alice.id(), &mut p.rng).unwrap();
+    let metadata = dspring_store::Metadata {
+        leave_requests: vec![(GROUP, p.alice.id())],
+        ..Default::default()
+    };
+    store
+        .apply_steps(&[&asked, &removed], &[], &metadata)
+        .unwrap();
+    assert!(store.leave_requests().unwrap().is_empty());
 }

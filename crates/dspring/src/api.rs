@@ -956,3 +956,56 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_documented_event_kinds_are_exactly_those_the_api_shows() {
+        let s = || "x".to_owned();
+        let bodies = [
+            EventBody::Message {
+                sender: s(),
+                text: s(),
+            },
+            EventBody::Sent { text: s() },
+            EventBody::Joined { by: s() },
+            EventBody::MemberAdded {
+                by: s(),
+                member: s(),
+            },
+            EventBody::MemberRemoved {
+                by: s(),
+                member: s(),
+            },
+            EventBody::KeyUpdated { member: s() },
+            EventBody::RemovedMe { by: s() },
+            EventBody::Unreadable { sender: s() },
+            EventBody::Other,
+        ];
+        let kinds: Vec<String> = bodies
+            .into_iter()
+            .map(|body| {
+                // Matched so that a new variant fails to compile here until it is listed.
+                match &body {
+                    EventBody::Message { .. }
+                    | EventBody::Sent { .. }
+                    | EventBody::Joined { .. }
+                    | EventBody::MemberAdded { .. }
+                    | EventBody::MemberRemoved { .. }
+                    | EventBody::KeyUpdated { .. }
+                    | EventBody::RemovedMe { .. }
+                    | EventBody::Unreadable { .. }
+                    | EventBody::Other => {}
+                }
+                serde_json::to_value(&body).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(kinds, EVENT_KINDS);
+    }
+}

@@ -112,8 +112,21 @@ impl Home {
 
     /// The API token the daemon of this profile accepts.
     pub fn token(&self) -> Result<String, HomeError> {
+        use std::io::Read;
         let path = self.dir.join(TOKEN_FILE);
-        let metadata = std::fs::symlink_metadata(&path).map_err(|e| self.io(&path, e))?;
+        // Opened without following a symbolic link, and checked on the open file: what is
+        // checked is what is read.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => {
+                    HomeError::BadToken(path.clone())
+                }
+                _ => self.io(&path, e),
+            })?;
+        let metadata = file.metadata().map_err(|e| self.io(&path, e))?;
         // Only a plain file of ours that nobody else can read or write: a token another
         // user could plant or read would hand them the daemon.
         if !metadata.is_file()
@@ -123,7 +136,10 @@ impl Home {
         {
             return Err(HomeError::BadToken(path));
         }
-        let token = std::fs::read_to_string(&path).map_err(|e| self.io(&path, e))?;
+        let mut token = String::new();
+        file.take(MAX_TOKEN_FILE)
+            .read_to_string(&mut token)
+            .map_err(|e| self.io(&path, e))?;
         let token = token.trim().to_owned();
         if token.len() != 64 || !token.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(HomeError::BadToken(path));
@@ -202,7 +218,16 @@ mod tests {
         let other = rustix::process::geteuid().as_raw() + 1;
         if std::os::unix::fs::chown(&path, Some(other), None).is_ok() {
             assert!(matches!(home.token(), Err(HomeError::BadToken(_))));
+        } else {
+            eprintln!("not checked: the owner check needs the right to chown (root)");
         }
+        // A symbolic link, even to a good token, is refused.
+        std::fs::remove_file(&path).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let real = Home::locate(Some(elsewhere.path().to_owned()), "default").unwrap();
+        real.token_or_create().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join(TOKEN_FILE), &path).unwrap();
+        assert!(matches!(home.token(), Err(HomeError::BadToken(_))));
         assert!(matches!(home.address(), Err(HomeError::NotRunning(_))));
     }
 }

@@ -118,8 +118,6 @@ impl Drop for Daemon {
     }
 }
 
-/// The lines a child prints, read on a thread so that a missing line fails the test after
-/// `WAIT` instead of hanging it.
 /// The API method a CLI command calls: `group create ...` calls `group.create`.
 fn method_of(args: &[&str]) -> String {
     match args {
@@ -228,6 +226,8 @@ fn the_result_check_catches_what_the_document_does_not_say() {
     assert!(conforms(&json!({}), read, "read").is_err());
 }
 
+/// The lines a child prints, read on a thread so that a missing line fails the test after
+/// `WAIT` instead of hanging it.
 fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
     let (send, receive) = std::sync::mpsc::channel();
