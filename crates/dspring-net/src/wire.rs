@@ -47,8 +47,11 @@ pub enum MailboxRequest {
     },
     /// From an owner: keep this group for me.
     Register { group: GroupId },
-    /// From an owner: what do you hold for me after your position `after`?
-    News { after: u64 },
+    /// From an owner: what do you hold for me after your position `after`? `instance` is
+    /// the mailbox's instance id the position was read from (zeros if none): positions of
+    /// another instance (the mailbox lost its data, or another one took over its key) mean
+    /// nothing, and the mailbox answers from its start.
+    News { after: u64, instance: [u8; 16] },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +66,8 @@ pub enum MailboxResponse {
         groups: Vec<GroupId>,
         /// Ask from here next time.
         cursor: u64,
+        /// This mailbox's instance id, to send back with the cursor.
+        instance: [u8; 16],
     },
 }
 
@@ -397,6 +402,7 @@ mod tests {
             welcomes: vec![(GroupId([1; 32]), vec![7; 10])],
             groups: vec![GroupId([2; 32])],
             cursor: 9,
+            instance: [3; 16],
         };
         let bytes = encode(&news, MAX_MAILBOX_RESPONSE).unwrap();
         assert_eq!(
@@ -408,6 +414,7 @@ mod tests {
             welcomes: Vec::new(),
             groups: vec![GroupId([2; 32]); MAX_NEWS_ITEMS + 1],
             cursor: 0,
+            instance: [0; 16],
         };
         assert!(!Mailbox::check_response(&too_many));
         let deposit = MailboxRequest::Deposit {

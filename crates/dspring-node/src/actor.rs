@@ -11,7 +11,7 @@ use dspring_net::{Command, Event as NetEvent, InboundId, Network, Verdict};
 use dspring_proto::envelope::{Envelope, Unverified};
 use dspring_proto::{Device, Group, GroupId, MemberId, ReceiveError, Staged};
 use dspring_store::{
-    Contact, GroupName, MAX_GROUP_NAME_BYTES, MAX_PAGE, Metadata, Store, StoredEvent,
+    Contact, GroupName, MAX_GROUP_NAME_BYTES, MAX_PAGE, Metadata, NewsCursor, Store, StoredEvent,
 };
 use libp2p::{Multiaddr, PeerId};
 use rand_chacha::ChaCha20Rng;
@@ -137,7 +137,7 @@ struct NewsFetch {
     /// Groups the news named whose sync from the mailbox has not finished yet.
     syncing: HashSet<GroupId>,
     /// The mailbox's cursor after these news.
-    cursor: u64,
+    cursor: NewsCursor,
     /// The mailbox had more news than one answer holds: ask again from `cursor`.
     more: bool,
 }
@@ -159,7 +159,7 @@ struct Actor {
     subscribers: HashMap<GroupId, HashSet<PeerId>>,
     mailbox_bytes: HashMap<GroupId, u64>,
     /// This node's mailboxes, and their news position read up to (kept in the store).
-    own_mailboxes: HashMap<MemberId, u64>,
+    own_mailboxes: HashMap<MemberId, NewsCursor>,
     /// News being fetched, per mailbox peer: the cursor moves only once every group the
     /// news named has synced, so that a crash or a failed sync leaves the news to ask again.
     news_fetching: HashMap<PeerId, NewsFetch>,
@@ -257,7 +257,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             net.send(Command::Subscribe(served.group)).await?;
         }
     }
-    let own_mailboxes: HashMap<MemberId, u64> = store.own_mailboxes()?.into_iter().collect();
+    let own_mailboxes: HashMap<MemberId, NewsCursor> = store.own_mailboxes()?.into_iter().collect();
     let mut group_mailboxes: HashMap<GroupId, HashSet<MemberId>> = HashMap::new();
     for (group, mailbox) in store.group_mailboxes()? {
         group_mailboxes.entry(group).or_default().insert(mailbox);
@@ -709,7 +709,7 @@ impl Actor {
             self.add_contact(card, "mailbox".into()).await?;
         }
         self.store.add_own_mailbox(&mailbox)?;
-        self.own_mailboxes.entry(mailbox).or_insert(0);
+        self.own_mailboxes.entry(mailbox).or_default();
         // The DHT record names this node's mailboxes: publish it again.
         self.record_published = None;
         self.publish_record();
@@ -845,7 +845,11 @@ impl Actor {
             .filter(|(_, g)| g.is_active())
             .map(|(id, _)| *id)
             .collect();
-        let after = self.own_mailboxes.get(&mailbox).copied().unwrap_or(0);
+        let after = self
+            .own_mailboxes
+            .get(&mailbox)
+            .copied()
+            .unwrap_or_default();
         // One fetch of a mailbox's news at a time: a second would tick off the first's syncs.
         let ask = !self.news_fetching.contains_key(&peer);
         let net = self.net.clone();
@@ -1654,12 +1658,14 @@ impl Actor {
                 self.request_sync(group, peer, 0);
                 MailboxResponse::Done
             }
-            MailboxRequest::News { after } => {
-                match self.store.mailbox_news(&owner, after, MAX_NEWS_ITEMS) {
+            MailboxRequest::News { after, instance } => {
+                let from = NewsCursor { after, instance };
+                match self.store.mailbox_news(&owner, from, MAX_NEWS_ITEMS) {
                     Ok(news) => MailboxResponse::News {
                         welcomes: news.welcomes,
                         groups: news.groups,
-                        cursor: news.cursor,
+                        cursor: news.cursor.after,
+                        instance: news.cursor.instance,
                     },
                     Err(_) => MailboxResponse::Refused,
                 }
@@ -2031,6 +2037,7 @@ impl Actor {
                     welcomes,
                     groups,
                     cursor,
+                    instance,
                 } = response
                 else {
                     return;
@@ -2067,7 +2074,10 @@ impl Actor {
                     NewsFetch {
                         mailbox,
                         syncing,
-                        cursor,
+                        cursor: NewsCursor {
+                            after: cursor,
+                            instance,
+                        },
                         more,
                     },
                 );
@@ -2125,16 +2135,20 @@ fn name_stamp(now_ms: u64, current: Option<&GroupName>) -> u64 {
 /// content decoder drops larger ones.
 const MAX_NAME_STAMP: u64 = i64::MAX as u64;
 
-/// Asks an own mailbox which groups have news after `after`; the answer comes back as
+/// Asks an own mailbox which groups have news after `from`; the answer comes back as
 /// `Internal::News`.
 async fn ask_news(
     net: &Network,
     internal: &mpsc::Sender<Internal>,
     mailbox: MemberId,
     peer: PeerId,
-    after: u64,
+    from: NewsCursor,
 ) {
-    match net.mailbox(peer, MailboxRequest::News { after }).await {
+    let request = MailboxRequest::News {
+        after: from.after,
+        instance: from.instance,
+    };
+    match net.mailbox(peer, request).await {
         Ok(response) => {
             let _ = internal
                 .send(Internal::News {

@@ -132,5 +132,8 @@ async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_
     let kept = store.own_mailboxes().unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].0, mailbox.id());
-    assert!(kept[0].1 > 0, "the news cursor was not kept: {kept:?}");
+    assert!(
+        kept[0].1.after > 0 && kept[0].1.instance != [0; 16],
+        "the news cursor was not kept: {kept:?}"
+    );
 }

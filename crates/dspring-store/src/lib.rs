@@ -65,7 +65,7 @@ pub use contacts::{Contact, MAX_ADDRESS_LEN, MAX_ADDRESSES, MAX_DISPLAY_NAME_LEN
 pub use error::{Corrupt, OpenError, StoreError};
 pub use invitations::{Held, Invitation, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
 pub use log::{HeldMark, LogEntry, OutboxEntry, SenderMark, StoredEvent};
-pub use mailbox::{MailboxGroup, MailboxNews};
+pub use mailbox::{MailboxGroup, MailboxNews, NewsCursor};
 pub use schema::SCHEMA_VERSION;
 
 use at_rest::{PassphraseParams, StoreKey};
@@ -350,12 +350,12 @@ fn unlock(conn: &Connection, source: KeySource<'_>) -> Result<StoreKey, OpenErro
     Ok(key)
 }
 
-fn meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, rusqlite::Error> {
+pub(crate) fn meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, rusqlite::Error> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
 }
 
-fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), rusqlite::Error> {
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), rusqlite::Error> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",

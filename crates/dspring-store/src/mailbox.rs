@@ -14,6 +14,15 @@ use crate::log::{HeldMark, LogEntry, lacking, page};
 use crate::marks::contiguous_marks;
 use crate::{Store, from_sql_int, group_id_from, hex, to_sql_int};
 
+/// Where a member has read an own mailbox's news up to: a position of one instance of the
+/// mailbox (a mailbox that lost its data starts again under a new instance id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewsCursor {
+    pub after: u64,
+    /// Zeros: none known yet.
+    pub instance: [u8; 16],
+}
+
 /// What a mailbox tells a returning owner.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MailboxNews {
@@ -22,7 +31,7 @@ pub struct MailboxNews {
     /// Groups kept for the owner that have envelopes after the position asked from.
     pub groups: Vec<GroupId>,
     /// Where to ask from next time.
-    pub cursor: u64,
+    pub cursor: NewsCursor,
 }
 
 fn member_from(bytes: &[u8], table: &'static str, row: i64) -> Result<MemberId, Corrupt> {
@@ -287,12 +296,17 @@ impl Store {
     /// What an owner asks for on return: the welcomes held for it, the groups kept for it
     /// with envelopes after mailbox position `after`, and the position to ask from next time.
     pub fn mailbox_news(
-        &self,
+        &mut self,
         member: &MemberId,
-        after: u64,
+        from: NewsCursor,
         max_groups: usize,
     ) -> Result<MailboxNews, StoreError> {
-        let after = self.mailbox_position(after)?;
+        let instance = self.mailbox_instance()?;
+        let after = if from.instance == instance {
+            self.mailbox_position(from.after)?
+        } else {
+            0
+        };
         let mut welcomes = Vec::new();
         let mut statement = self.conn.prepare_cached(
             "SELECT id, group_id, bytes FROM mailbox_welcomes WHERE member = ?1 ORDER BY id
@@ -321,8 +335,25 @@ impl Store {
         Ok(MailboxNews {
             welcomes,
             groups,
-            cursor,
+            cursor: NewsCursor {
+                after: cursor,
+                instance,
+            },
         })
+    }
+
+    /// This mailbox's instance id: random, made at first use, kept with its data.
+    fn mailbox_instance(&mut self) -> Result<[u8; 16], StoreError> {
+        if let Some(stored) = crate::meta(&self.conn, "mailbox_instance")?
+            && let Ok(instance) = <[u8; 16]>::try_from(stored.as_slice())
+        {
+            return Ok(instance);
+        }
+        let mut instance = [0u8; 16];
+        getrandom::fill(&mut instance)
+            .map_err(|e| StoreError::invalid(format!("randomness: {e}")))?;
+        crate::set_meta(&self.conn, "mailbox_instance", &instance)?;
+        Ok(instance)
     }
 
     /// A position a peer asks from, or 0 if this mailbox never reached it: its data were
@@ -512,28 +543,52 @@ impl Store {
         Ok(())
     }
 
-    /// This node's mailboxes, each with the news position read up to.
-    pub fn own_mailboxes(&self) -> Result<Vec<(MemberId, u64)>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT member, news_after FROM own_mailboxes ORDER BY member")?;
+    /// This node's mailboxes, each with where its news were read up to.
+    pub fn own_mailboxes(&self) -> Result<Vec<(MemberId, NewsCursor)>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT member, news_after, news_instance FROM own_mailboxes ORDER BY member",
+        )?;
         let mut rows = statement.query([])?;
         let mut out = Vec::new();
         let mut n = 0i64;
         while let Some(row) = rows.next()? {
             let member: Vec<u8> = row.get(0)?;
             let after = from_sql_int(row.get(1)?, "own_mailboxes", "news_after")?;
-            out.push((member_from(&member, "own_mailboxes", n)?, after));
+            let instance: Option<Vec<u8>> = row.get(2)?;
+            let instance = match instance {
+                None => [0; 16],
+                Some(bytes) => <[u8; 16]>::try_from(bytes.as_slice()).map_err(|_| {
+                    Corrupt::new(
+                        "own_mailboxes",
+                        format!("row {n}"),
+                        "instance is not 16 bytes",
+                    )
+                })?,
+            };
+            out.push((
+                member_from(&member, "own_mailboxes", n)?,
+                NewsCursor { after, instance },
+            ));
             n += 1;
         }
         Ok(out)
     }
 
-    /// Records that an own mailbox's news up to `after` have been fetched in full.
-    pub fn set_news_cursor(&mut self, mailbox: &MemberId, after: u64) -> Result<(), StoreError> {
+    /// Records that an own mailbox's news up to `cursor` have been fetched in full.
+    pub fn set_news_cursor(
+        &mut self,
+        mailbox: &MemberId,
+        cursor: NewsCursor,
+    ) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("UPDATE own_mailboxes SET news_after = ?2 WHERE member = ?1")?
-            .execute(params![mailbox.0, to_sql_int(after)?])?;
+            .prepare_cached(
+                "UPDATE own_mailboxes SET news_after = ?2, news_instance = ?3 WHERE member = ?1",
+            )?
+            .execute(params![
+                mailbox.0,
+                to_sql_int(cursor.after)?,
+                cursor.instance.to_vec()
+            ])?;
         Ok(())
     }
 }

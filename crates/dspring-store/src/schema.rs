@@ -216,6 +216,7 @@ const MIGRATIONS: &[&str] = &[
         ON mailbox_envelopes(group_id, sender, control_seq, epoch, idx);
 
     ALTER TABLE own_mailboxes ADD COLUMN news_after INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE own_mailboxes ADD COLUMN news_instance BLOB;
 
     -- Members who asked to leave a group and are not removed yet: the remaining members'
     -- nodes take turns removing them, and a restart must not forget the request.

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use dspring_proto::{Device, Event, Group, GroupId, MemberId, Outgoing, Staged};
 use dspring_store::{
-    Contact, DATABASE_FILE, KEY_FILE, KeySource, OpenError, SCHEMA_VERSION, Store, StoreError,
+    Contact, DATABASE_FILE, KEY_FILE, KeySource, NewsCursor, OpenError, SCHEMA_VERSION, Store,
+    StoreError,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -553,7 +554,9 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
     assert_eq!(second, vec![ack.clone()]);
 
     // News: the group has envelopes after 0, none after the returned cursor.
-    let news = store.mailbox_news(&owner, 0, 10).unwrap();
+    let start = NewsCursor::default();
+    let news = store.mailbox_news(&owner, start, 10).unwrap();
+    assert_ne!(news.cursor.instance, [0; 16]);
     assert_eq!(news.groups, vec![GROUP]);
     assert!(news.welcomes.is_empty());
     assert!(
@@ -563,10 +566,22 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
             .groups
             .is_empty()
     );
-    // A position this mailbox never reached (its data were lost, or it is another mailbox
-    // under the same key) reads as the start.
+    // A position this mailbox never reached, or one of another instance (its data were
+    // lost, or another mailbox took over its key), reads as the start.
+    let beyond = NewsCursor {
+        after: 1_000_000,
+        ..news.cursor
+    };
     assert_eq!(
-        store.mailbox_news(&owner, 1_000_000, 10).unwrap().groups,
+        store.mailbox_news(&owner, beyond, 10).unwrap().groups,
+        vec![GROUP]
+    );
+    let elsewhere = NewsCursor {
+        instance: [7; 16],
+        ..news.cursor
+    };
+    assert_eq!(
+        store.mailbox_news(&owner, elsewhere, 10).unwrap().groups,
         vec![GROUP]
     );
     assert_eq!(
@@ -580,7 +595,7 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
     // Someone else's news are not this owner's.
     assert!(
         store
-            .mailbox_news(&p.alice.id(), 0, 10)
+            .mailbox_news(&p.alice.id(), start, 10)
             .unwrap()
             .groups
             .is_empty()
@@ -605,7 +620,7 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
     store.mailbox_add_owner(&GROUP, &owner, 1).unwrap();
     assert!(
         store
-            .mailbox_news(&owner, 0, 10)
+            .mailbox_news(&owner, start, 10)
             .unwrap()
             .welcomes
             .is_empty()
@@ -613,10 +628,17 @@ fn a_mailbox_serves_sync_by_position_news_and_held_welcomes() {
 
     // Member side bookkeeping.
     store.add_own_mailbox(&p.alice.id()).unwrap();
-    assert_eq!(store.own_mailboxes().unwrap(), vec![(p.alice.id(), 0)]);
-    store.set_news_cursor(&p.alice.id(), 42).unwrap();
+    assert_eq!(
+        store.own_mailboxes().unwrap(),
+        vec![(p.alice.id(), NewsCursor::default())]
+    );
+    let read = NewsCursor {
+        after: 42,
+        instance: [3; 16],
+    };
+    store.set_news_cursor(&p.alice.id(), read).unwrap();
     store.add_own_mailbox(&p.alice.id()).unwrap();
-    assert_eq!(store.own_mailboxes().unwrap(), vec![(p.alice.id(), 42)]);
+    assert_eq!(store.own_mailboxes().unwrap(), vec![(p.alice.id(), read)]);
     store.add_group_mailbox(&GROUP, &p.alice.id()).unwrap();
     assert_eq!(
         store.group_mailboxes().unwrap(),
