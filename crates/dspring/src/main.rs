@@ -544,6 +544,17 @@ async fn wait_for_long_work(
     }
 }
 
+/// One catch-up of a status: "[group] N messages in S s".
+fn describe_catch_up(catch_up: &Value) -> String {
+    let number = |field: &str| catch_up.get(field).and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "[{}] {} messages in {} s",
+        short(text_of(catch_up, "group")),
+        number("received"),
+        number("seconds")
+    )
+}
+
 /// The long work a status shows running, as one line; `None` when there is none.
 fn long_work(status: &Value) -> Option<String> {
     let mut parts = Vec::new();
@@ -553,15 +564,7 @@ fn long_work(status: &Value) -> Option<String> {
         .into_iter()
         .flatten()
     {
-        parts.push(format!(
-            "catching up [{}]: {} messages in {} s",
-            short(text_of(catch_up, "group")),
-            catch_up
-                .get("received")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            catch_up.get("seconds").and_then(Value::as_u64).unwrap_or(0)
-        ));
+        parts.push(format!("catching up {}", describe_catch_up(catch_up)));
     }
     let news = status
         .get("fetching_news")
@@ -773,15 +776,7 @@ fn print_human(method: &str, result: &Value) {
                 .into_iter()
                 .flatten()
             {
-                out!(
-                    "catching up:      [{}] {} messages in {} s",
-                    short(text_of(catch_up, "group")),
-                    catch_up
-                        .get("received")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    catch_up.get("seconds").and_then(Value::as_u64).unwrap_or(0)
-                );
+                out!("catching up:      {}", describe_catch_up(catch_up));
             }
         }
         _ => {}
@@ -805,7 +800,7 @@ mod tests {
         });
         assert_eq!(
             long_work(&busy).unwrap(),
-            "catching up [001122334455]: 4512 messages in 3 s · fetching news from 1 \
+            "catching up [001122334455] 4512 messages in 3 s · fetching news from 1 \
              mailboxes · joining the DHT: 7 peers"
         );
     }
