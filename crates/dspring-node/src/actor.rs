@@ -99,6 +99,10 @@ enum Internal {
         group: GroupId,
         peer: PeerId,
     },
+    /// A news request to one of our mailboxes failed.
+    NewsUnanswered {
+        mailbox: MemberId,
+    },
     /// One of our mailboxes answered a news request.
     News {
         mailbox: MemberId,
@@ -163,6 +167,9 @@ struct Actor {
     /// News being fetched, per mailbox peer: the cursor moves only once every group the
     /// news named has synced, so that a crash or a failed sync leaves the news to ask again.
     news_fetching: HashMap<PeerId, NewsFetch>,
+    /// Own mailboxes whose last news fetch failed: asked again at the next maintenance round
+    /// while connected, not only when they next connect.
+    news_unread: HashSet<MemberId>,
     /// Mailboxes announced in each group.
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
     /// Each named group's current name.
@@ -317,6 +324,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         mailbox_bytes: HashMap::new(),
         own_mailboxes,
         news_fetching: HashMap::new(),
+        news_unread: HashSet::new(),
         group_mailboxes,
         group_names,
         deposited: HashSet::new(),
@@ -419,6 +427,7 @@ impl Actor {
                         }
                     }
                     self.act_on_leave_requests().await;
+                    self.retry_news();
                     self.rest_idle_groups().await;
                     let busy: Vec<GroupId> = self.last_activity.keys().copied().collect();
                     for group in busy {
@@ -866,15 +875,40 @@ impl Actor {
         });
     }
 
-    /// A sync the news of `peer` waited for failed: the news stay unread, asked again when
-    /// the mailbox next connects.
+    /// A sync the news of `peer` waited for failed: the news stay unread, asked again at the
+    /// next maintenance round (or when the mailbox next connects).
     fn news_failed(&mut self, peer: PeerId, group: GroupId) {
         if self
             .news_fetching
             .get(&peer)
             .is_some_and(|fetch| fetch.syncing.contains(&group))
+            && let Some(fetch) = self.news_fetching.remove(&peer)
         {
-            self.news_fetching.remove(&peer);
+            self.news_unread.insert(fetch.mailbox);
+        }
+    }
+
+    /// Asks the connected own mailboxes whose last news fetch failed again.
+    fn retry_news(&mut self) {
+        let unread: Vec<MemberId> = self.news_unread.iter().copied().collect();
+        for mailbox in unread {
+            let Ok(peer) = dspring_net::identity::peer_id(&mailbox) else {
+                self.news_unread.remove(&mailbox);
+                continue;
+            };
+            if !self.connected.contains(&peer) || self.news_fetching.contains_key(&peer) {
+                continue;
+            }
+            self.news_unread.remove(&mailbox);
+            let from = self
+                .own_mailboxes
+                .get(&mailbox)
+                .copied()
+                .unwrap_or_default();
+            let (net, internal) = (self.net.clone(), self.internal.clone());
+            tokio::spawn(async move {
+                ask_news(&net, &internal, mailbox, peer, from).await;
+            });
         }
     }
 
@@ -895,6 +929,7 @@ impl Actor {
         };
         if let Err(error) = self.store.set_news_cursor(&fetch.mailbox, fetch.cursor) {
             tracing::warn!(%error, "keeping a mailbox news cursor");
+            self.news_unread.insert(fetch.mailbox);
             return;
         }
         self.own_mailboxes.insert(fetch.mailbox, fetch.cursor);
@@ -2064,7 +2099,8 @@ impl Actor {
                         continue;
                     }
                     if !self.request_sync(group, peer, 0) {
-                        // Nothing asked: the news stay unread for this run.
+                        // Nothing asked: the news stay unread, asked again later.
+                        self.news_unread.insert(mailbox);
                         return;
                     }
                     syncing.insert(group);
@@ -2085,6 +2121,11 @@ impl Actor {
             }
             Internal::RecordPublished => {
                 self.record_published = Some(tokio::time::Instant::now());
+            }
+            Internal::NewsUnanswered { mailbox } => {
+                if self.own_mailboxes.contains_key(&mailbox) {
+                    self.news_unread.insert(mailbox);
+                }
             }
             Internal::SyncFailed { group, peer } => {
                 self.catching_up.remove(&(group, peer));
@@ -2158,7 +2199,10 @@ async fn ask_news(
                 })
                 .await;
         }
-        Err(error) => tracing::debug!(%error, "mailbox news"),
+        Err(error) => {
+            tracing::debug!(%error, "mailbox news");
+            let _ = internal.send(Internal::NewsUnanswered { mailbox }).await;
+        }
     }
 }
 
