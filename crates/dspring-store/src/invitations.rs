@@ -4,7 +4,8 @@
 use dspring_proto::{GroupId, MemberId};
 use rusqlite::{OptionalExtension, params};
 
-use crate::error::{Corrupt, StoreError};
+use crate::error::StoreError;
+use crate::mailbox::member_from;
 use crate::{Store, from_sql_int, group_id_from, to_sql_int};
 
 /// Invitations held at most: a stranger can send many, and the oldest go first.
@@ -32,12 +33,6 @@ pub enum Held {
     Declined,
     /// Pushed out at once by the bounds (a clock cannot do this: eviction goes by arrival).
     Evicted,
-}
-
-fn member_from(bytes: &[u8], row: i64) -> Result<MemberId, Corrupt> {
-    <[u8; 32]>::try_from(bytes)
-        .map(MemberId)
-        .map_err(|_| Corrupt::new("invitations", format!("row {row}"), "adder is not 32 bytes"))
 }
 
 impl Store {
@@ -97,7 +92,7 @@ impl Store {
             let adder: Vec<u8> = row.get(1)?;
             out.push(Invitation {
                 group: group_id_from(&group, "invitations", n)?,
-                adder: member_from(&adder, n)?,
+                adder: member_from(&adder, "invitations", n)?,
                 received_ms: from_sql_int(row.get(2)?, "invitations", "received_ms")?,
             });
             n += 1;
@@ -114,7 +109,7 @@ impl Store {
             )?
             .query_row([group.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        row.map(|(adder, welcome)| Ok((member_from(&adder, 0)?, welcome)))
+        row.map(|(adder, welcome)| Ok((member_from(&adder, "invitations", 0)?, welcome)))
             .transpose()
     }
 

@@ -34,7 +34,11 @@ pub struct MailboxNews {
     pub cursor: NewsCursor,
 }
 
-fn member_from(bytes: &[u8], table: &'static str, row: i64) -> Result<MemberId, Corrupt> {
+pub(crate) fn member_from(
+    bytes: &[u8],
+    table: &'static str,
+    row: i64,
+) -> Result<MemberId, Corrupt> {
     <[u8; 32]>::try_from(bytes)
         .map(MemberId)
         .map_err(|_| Corrupt::new(table, format!("row {row}"), "member id is not 32 bytes"))
