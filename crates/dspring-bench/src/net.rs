@@ -3,10 +3,12 @@
 //! steady rate. Prints delivery latency (p50, p99), delivery ratio, sender upload and total
 //! upload per recipient as multiples of the message size, memory per node, CPU per delivery,
 //! and the catch-up time of a member returning after missing many messages; beside it, naive
-//! unicast (the sender sends to each member) measured on the same transport.
+//! unicast (the sender sends to each member) measured on the same transport, and bare libp2p
+//! gossipsub (the issue's anchor) measured in the same run by `lean.rs`.
 //!
 //! Usage: `dspring-netbench [--nodes 100] [--group 64] [--rate 10] [--seconds 10]
-//! [--catch-up 10000] [--quick]`. Linux only (CPU and memory come from `/proc/self`).
+//! [--catch-up 10000] [--quick] [--lean-only]`. Linux only (CPU and memory come from
+//! `/proc/self`).
 
 // Node and member indices come from ranges bounded by the checked options (nodes ≥ group + 2,
 // group ≥ 3), so indexing cannot go out of bounds here.
@@ -24,6 +26,8 @@ use dspring_proto::{Device, Event, Group, GroupId};
 use futures::StreamExt;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
+
+mod lean;
 
 /// Counts the bytes the process's Rust code holds on the heap: unlike RSS, this falls again
 /// when connections close (glibc keeps freed pages mapped). SQLite's own allocations go
@@ -49,6 +53,16 @@ struct Options {
     rate: f64,
     seconds: f64,
     catch_up: usize,
+    /// Run only the bare-gossipsub baseline and print its figures as one line (the main run
+    /// starts itself with this to measure the baseline in a process of its own).
+    lean_only: bool,
+}
+
+impl Options {
+    /// Messages per measured phase.
+    fn messages(&self) -> usize {
+        ((self.rate * self.seconds) as usize).max(10)
+    }
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -58,6 +72,7 @@ fn parse_options() -> Result<Options, String> {
         rate: 10.0,
         seconds: 10.0,
         catch_up: 10_000,
+        lean_only: false,
     };
     let mut args = std::env::args().skip(1);
     let number = |name: &str, value: Option<String>| -> Result<f64, String> {
@@ -75,6 +90,7 @@ fn parse_options() -> Result<Options, String> {
                     rate: 20.0,
                     seconds: 2.0,
                     catch_up: 1_000,
+                    lean_only: options.lean_only,
                 };
             }
             "--nodes" => options.nodes = number("--nodes", args.next())? as usize,
@@ -82,10 +98,11 @@ fn parse_options() -> Result<Options, String> {
             "--rate" => options.rate = number("--rate", args.next())?,
             "--seconds" => options.seconds = number("--seconds", args.next())?,
             "--catch-up" => options.catch_up = number("--catch-up", args.next())? as usize,
+            "--lean-only" => options.lean_only = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: dspring-netbench [--nodes N] [--group G] [--rate MSG/S] \
-                     [--seconds S] [--catch-up MESSAGES] [--quick]"
+                     [--seconds S] [--catch-up MESSAGES] [--quick] [--lean-only]"
                         .into(),
                 );
             }
@@ -199,6 +216,30 @@ fn delivered(arrivals: &Arrivals, numbers: std::ops::Range<usize>) -> usize {
     })
 }
 
+/// Delivery latencies of messages `numbers` in milliseconds, sorted: from the send to each
+/// other member's arrival.
+fn latencies(
+    arrivals: &Arrivals,
+    sent: &HashMap<usize, (usize, Instant)>,
+    numbers: std::ops::Range<usize>,
+) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    if let Ok(arrivals) = arrivals.lock() {
+        for number in numbers {
+            let Some(&(sender, at)) = sent.get(&number) else {
+                continue;
+            };
+            for (member, when) in arrivals.get(&number).into_iter().flatten() {
+                if *member != sender {
+                    latencies.push(when.duration_since(at).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
 async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::Traffic>, String> {
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
@@ -212,18 +253,27 @@ fn connections_per_node(traffic: &[dspring_net::Traffic]) -> f64 {
     total as f64 / traffic.len().max(1) as f64
 }
 
-/// Sends messages `numbers` from `senders` (round-robin) at `rate` per second; returns when
-/// each send started.
+/// What [`send_steadily`] sent: who sent each message and when the send began; how long
+/// each `send` call took (the sender's durable commit), sorted, in milliseconds.
+struct Sent {
+    by_number: HashMap<usize, (usize, Instant)>,
+    call_ms: Vec<f64>,
+}
+
+/// Sends messages `numbers` from `senders` (round-robin) at `rate` per second.
 async fn send_steadily(
     nodes: &[Node],
     senders: &[usize],
     group: GroupId,
     numbers: std::ops::Range<usize>,
     rate: f64,
-) -> Result<HashMap<usize, (usize, Instant)>, String> {
+) -> Result<Sent, String> {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let begin = tokio::time::Instant::now();
-    let mut sent = HashMap::new();
+    let mut sent = Sent {
+        by_number: HashMap::new(),
+        call_ms: Vec::new(),
+    };
     for (k, number) in numbers.enumerate() {
         tokio::time::sleep_until(begin + interval * k as u32).await;
         let sender = senders[k % senders.len()];
@@ -232,8 +282,10 @@ async fn send_steadily(
             .send(group, &body(number))
             .await
             .map_err(|e| e.to_string())?;
-        sent.insert(number, (sender, at));
+        sent.call_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+        sent.by_number.insert(number, (sender, at));
     }
+    sent.call_ms.sort_by(f64::total_cmp);
     Ok(sent)
 }
 
@@ -356,6 +408,8 @@ struct Figures {
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
+    /// The sender's `send` call (its durable commit), p50: part of every latency.
+    send_call_p50_ms: f64,
     delivery: f64,
     sender_upload: f64,
     sender_sync_upload: f64,
@@ -434,7 +488,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
     let startup_cores = (cpu() - start_cpu_before) / IDLE_WINDOW.as_secs_f64();
 
     // Upload: one sender.
-    let count = ((options.rate * options.seconds) as usize).max(10);
+    let count = options.messages();
     let one = g..g + count;
     let before = upload(&nodes).await?;
     send_steadily(&nodes, &[1], group, one.clone(), options.rate).await?;
@@ -466,18 +520,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
     }
     let cpu_used = cpu() - cpu_before;
     let got = delivered(&arrivals, many.clone());
-    let mut latencies: Vec<f64> = Vec::with_capacity(got);
-    if let Ok(arrivals) = arrivals.lock() {
-        for number in many.clone() {
-            let (sender, at) = sent[&number];
-            for (member, when) in arrivals.get(&number).into_iter().flatten() {
-                if *member != sender {
-                    latencies.push(when.duration_since(at).as_secs_f64() * 1000.0);
-                }
-            }
-        }
-    }
-    latencies.sort_by(f64::total_cmp);
+    let latencies = latencies(&arrivals, &sent.by_number, many);
     let memory_per_node_mib = rss().saturating_sub(rss_before) as f64 / n as f64 / 1048576.0;
     let heap_per_node_mib =
         HEAP.allocated().saturating_sub(heap_before) as f64 / n as f64 / 1048576.0;
@@ -542,6 +585,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
         p50_ms: percentile(&latencies, 50.0),
         p90_ms: percentile(&latencies, 90.0),
         p99_ms: percentile(&latencies, 99.0),
+        send_call_p50_ms: percentile(&sent.call_ms, 50.0),
         delivery: got as f64 / (count * (g - 1)) as f64,
         sender_upload,
         sender_sync_upload,
@@ -578,6 +622,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if options.lean_only {
+        return match runtime.block_on(lean::run(&options)) {
+            Ok(figures) => {
+                println!("{}", figures.to_line());
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("baseline failed: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The baseline first, in its own process, so that the two runs never share the CPU and
+    // each process's memory is its own.
+    let baseline = match lean::measure_in_child(&options) {
+        Ok(baseline) => baseline,
+        Err(message) => {
+            eprintln!("benchmark failed: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let figures = match runtime.block_on(run(&options)) {
         Ok(figures) => figures,
         Err(message) => {
@@ -585,79 +650,93 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let count = ((options.rate * options.seconds) as usize).max(10);
+    print_table(&options, &figures, &baseline);
+    ExitCode::SUCCESS
+}
+
+fn print_table(options: &Options, figures: &Figures, baseline: &lean::LeanFigures) {
+    let count = options.messages();
     println!(
         "Network benchmark: {} nodes on loopback in one process, a group of {}, {} B messages, \
          {} messages at {}/s from one sender (upload) and from every member in turn (latency)",
         options.nodes, options.group, MESSAGE, count, options.rate
     );
     println!();
-    println!("| figure | dspring | target | lean gossipsub (anchor) |");
-    println!("|---|---|---|---|");
     println!(
-        "| delivery latency p50 | {:.1} ms | ≤ 15 ms | 12 ms |",
-        figures.p50_ms
+        "| figure | dspring | target | bare gossipsub, measured in this run | lean gossipsub (issue's anchor) |"
     );
-    println!("| delivery latency p90 | {:.1} ms | | |", figures.p90_ms);
+    println!("|---|---|---|---|---|");
     println!(
-        "| delivery latency p99 | {:.1} ms | ≤ 50 ms | 37 ms |",
-        figures.p99_ms
+        "| delivery latency p50 | {:.1} ms | ≤ 15 ms | {:.1} ms | 12 ms |",
+        figures.p50_ms, baseline.p50_ms
     );
     println!(
-        "| delivery ratio (live members, {} s drain) | {:.2} % | 100 % | |",
+        "| delivery latency p90 | {:.1} ms | | {:.1} ms | |",
+        figures.p90_ms, baseline.p90_ms
+    );
+    println!(
+        "| delivery latency p99 | {:.1} ms | ≤ 50 ms | {:.1} ms | 37 ms |",
+        figures.p99_ms, baseline.p99_ms
+    );
+    println!(
+        "| of which the sender's send call (its durable commit), p50 | {:.1} ms | | | |",
+        figures.send_call_p50_ms
+    );
+    println!(
+        "| delivery ratio (live members, {} s drain) | {:.2} % | 100 % | {:.2} % | |",
         DRAIN.as_secs(),
-        figures.delivery * 100.0
+        figures.delivery * 100.0,
+        baseline.delivery * 100.0
     );
     println!(
-        "| sender upload per message | {:.1} × | ≤ 8 × | 6.8 × |",
-        figures.sender_upload
+        "| sender upload per message | {:.1} × | ≤ 8 × | {:.1} × | 6.8 × |",
+        figures.sender_upload, baseline.sender_upload
     );
     println!(
-        "| the sender's gossipsub mesh (peers) | {} | | |",
-        figures.sender_mesh
+        "| the sender's gossipsub mesh (peers) | {} | | {} | |",
+        figures.sender_mesh, baseline.sender_mesh
     );
     println!(
-        "| of which envelopes in the sender's sync answers | {:.1} × | | |",
+        "| of which envelopes in the sender's sync answers | {:.1} × | | | |",
         figures.sender_sync_upload
     );
     println!(
-        "| naive unicast sender upload (measured, same transport) | {:.1} × | | |",
+        "| naive unicast sender upload (measured, same transport) | {:.1} × | | | |",
         figures.unicast_sender_upload
     );
     println!(
-        "| total upload per recipient | {:.2} × | | |",
+        "| total upload per recipient | {:.2} × | | | |",
         figures.total_upload_per_recipient
     );
     println!(
-        "| memory per node (process RSS growth / nodes) | {:.2} MiB | ≤ 2 MiB | 0.8 MiB |",
-        figures.memory_per_node_mib
+        "| memory per node (process RSS growth / nodes) | {:.2} MiB | ≤ 2 MiB | {:.2} MiB | 0.8 MiB |",
+        figures.memory_per_node_mib, baseline.memory_per_node_mib
     );
     println!(
-        "| Rust heap in use per node (without SQLite's own) | {:.2} MiB | | |",
-        figures.heap_per_node_mib
+        "| Rust heap in use per node (without SQLite's own) | {:.2} MiB | | {:.2} MiB | |",
+        figures.heap_per_node_mib, baseline.heap_per_node_mib
     );
     println!(
-        "| connections per node: during traffic; after {} s idle | {:.1}; {:.1} | | |",
+        "| connections per node: during traffic; after {} s idle | {:.1}; {:.1} | | | |",
         IDLE_WINDOW.as_secs(),
         figures.connections_busy,
         figures.connections_idle
     );
     println!(
-        "| CPU per delivery (whole process) | {:.0} µs | | |",
-        figures.cpu_per_delivery_us
+        "| CPU per delivery (whole process) | {:.0} µs | | {:.0} µs | |",
+        figures.cpu_per_delivery_us, baseline.cpu_per_delivery_us
     );
     println!(
-        "| CPU of all nodes while nobody writes | {:.2} cores | | |",
+        "| CPU of all nodes while nobody writes | {:.2} cores | | | |",
         figures.idle_cores
     );
     println!(
-        "| CPU of all nodes in the first quiet {} s (DHT bootstrap) | {:.2} cores | | |",
+        "| CPU of all nodes in the first quiet {} s (DHT bootstrap) | {:.2} cores | | | |",
         IDLE_WINDOW.as_secs(),
         figures.startup_cores
     );
     println!(
-        "| catch-up of {} missed messages | {:.2} s | < 5 s | |",
+        "| catch-up of {} missed messages | {:.2} s | < 5 s | | |",
         options.catch_up, figures.catch_up_s
     );
-    ExitCode::SUCCESS
 }

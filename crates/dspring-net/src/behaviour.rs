@@ -47,6 +47,28 @@ pub(crate) struct Behaviour {
     pub autonat: autonat::Behaviour,
 }
 
+/// Our gossipsub parameters, without the node's validation step (which [`Behaviour::new`]
+/// adds). Public so that the network benchmark can run bare gossipsub with the same ones as
+/// its baseline.
+pub fn gossip_parameters() -> gossipsub::ConfigBuilder {
+    let mut builder = gossipsub::ConfigBuilder::default();
+    builder
+        .mesh_n(MESH_N)
+        .mesh_n_low(MESH_N_LOW)
+        .mesh_n_high(MESH_N_HIGH)
+        // The sender sends to its mesh only, never to every subscriber.
+        .flood_publish(false)
+        .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
+        .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        // No libp2p author or signature: envelopes carry their own, and a relayed message
+        // should not name the peer that published it.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .message_id_fn(|message| {
+            gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
+        });
+    builder
+}
+
 pub(crate) struct Options {
     pub mdns: bool,
     pub relay_server: bool,
@@ -59,22 +81,9 @@ impl Behaviour {
         options: &Options,
     ) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
-        let gossipsub_config = gossipsub::ConfigBuilder::default()
-            .mesh_n(MESH_N)
-            .mesh_n_low(MESH_N_LOW)
-            .mesh_n_high(MESH_N_HIGH)
-            // The sender sends to its mesh only, never to every subscriber.
-            .flood_publish(false)
-            .idontwant_message_size_threshold(IDONTWANT_THRESHOLD)
-            .max_transmit_size(MAX_GOSSIP_MESSAGE)
+        let gossipsub_config = gossip_parameters()
             // The node checks every envelope before it is forwarded.
             .validate_messages()
-            // No libp2p author or signature: envelopes carry their own, and a relayed
-            // message should not name the peer that published it.
-            .validation_mode(gossipsub::ValidationMode::Anonymous)
-            .message_id_fn(|message| {
-                gossipsub::MessageId::from(Sha256::digest(&message.data).to_vec())
-            })
             .build()
             .map_err(|e| e.to_string())?;
         let mut gossipsub =

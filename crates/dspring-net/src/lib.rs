@@ -16,7 +16,8 @@ mod network;
 pub mod topic;
 pub mod wire;
 
+pub use behaviour::{MESH_N, MESH_N_HIGH, MESH_N_LOW, gossip_parameters};
 pub use network::{
     Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND, Network,
-    NetworkError, RecordCheck, Traffic, Verdict, spawn,
+    NetworkError, RecordCheck, Traffic, Verdict, spawn, traffic_from_metrics,
 };

@@ -698,7 +698,7 @@ impl Task {
                     mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
                     dht_peers: u32::try_from(dht_peers).unwrap_or(u32::MAX),
                     bootstrapping: self.first_bootstrap.is_some(),
-                    ..traffic(&self.registry)
+                    ..traffic_from_metrics(&self.registry)
                 });
             }
             Command::ListenAddresses(done) => {
@@ -951,9 +951,11 @@ impl Task {
     }
 }
 
-/// Sums libp2p's bandwidth counters by direction. They are only readable as the Prometheus
-/// text form, so this reads that: `libp2p_bandwidth_bytes_total{...direction="Outbound"} N`.
-fn traffic(registry: &libp2p::metrics::Registry) -> Traffic {
+/// Sums libp2p's bandwidth counters by direction (`sent`, `received`; the other fields stay
+/// empty). They are only readable as the Prometheus text form, so this reads that:
+/// `libp2p_bandwidth_bytes_total{...direction="Outbound"} N`. Public for the network
+/// benchmark's bare-gossipsub baseline, which counts the same way.
+pub fn traffic_from_metrics(registry: &libp2p::metrics::Registry) -> Traffic {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
         return Traffic::default();
