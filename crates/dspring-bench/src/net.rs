@@ -35,6 +35,8 @@ mod lean;
 #[global_allocator]
 static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 
+/// How often the heap's peak is sampled while the nodes run.
+const HEAP_SAMPLING: Duration = Duration::from_millis(20);
 /// The message size of the scenario.
 const MESSAGE: usize = 1024;
 /// How long to wait for stragglers after the last send before counting a message lost.
@@ -416,6 +418,8 @@ struct Figures {
     total_upload_per_recipient: f64,
     memory_per_node_mib: f64,
     heap_per_node_mib: f64,
+    /// The most the Rust heap held (sampled), per node: what RSS keeps after it is freed.
+    peak_heap_per_node_mib: f64,
     cpu_per_delivery_us: f64,
     catch_up_s: f64,
     unicast_sender_upload: f64,
@@ -432,6 +436,29 @@ async fn run(options: &Options) -> Result<Figures, String> {
     let (n, g) = (options.nodes, options.group);
     let rss_before = rss();
     let heap_before = HEAP.allocated();
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(heap_before));
+    let phase_peak = Arc::new(std::sync::atomic::AtomicUsize::new(heap_before));
+    // The heap's peak per node in the phase just ended, for the progress lines.
+    let phase_heap = || {
+        let now = HEAP.allocated();
+        let was = phase_peak.swap(now, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "(Rust heap per node: peak {:.1} MiB, now {:.1} MiB)",
+            was.max(now).saturating_sub(heap_before) as f64 / n as f64 / 1048576.0,
+            now.saturating_sub(heap_before) as f64 / n as f64 / 1048576.0
+        )
+    };
+    let sampler = tokio::spawn({
+        let (peak, phase_peak) = (peak.clone(), phase_peak.clone());
+        async move {
+            loop {
+                let now = HEAP.allocated();
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                phase_peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(HEAP_SAMPLING).await;
+            }
+        }
+    });
     let dirs: Vec<tempfile::TempDir> = (0..n)
         .map(|_| tempfile::tempdir().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
@@ -440,7 +467,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
         nodes.push(start(dir.path()).await?);
     }
     let started = Instant::now();
-    eprintln!("{n} nodes started");
+    eprintln!("{n} nodes started {}", phase_heap());
     let err = |e: dspring_node::NodeError| e.to_string();
     for m in 1..g {
         nodes[0]
@@ -461,8 +488,9 @@ async fn run(options: &Options) -> Result<Figures, String> {
         .await?;
     }
     eprintln!(
-        "a group of {g} formed after {:.1} s",
-        started.elapsed().as_secs_f64()
+        "a group of {g} formed after {:.1} s {}",
+        started.elapsed().as_secs_f64(),
+        phase_heap()
     );
     let arrivals: Arrivals = Arc::default();
     for (index, node) in nodes[..g].iter().enumerate() {
@@ -479,13 +507,14 @@ async fn run(options: &Options) -> Result<Figures, String> {
     .await?;
     let settle = Duration::from_secs(12).saturating_sub(started.elapsed());
     tokio::time::sleep(settle + Duration::from_secs(2)).await;
-    eprintln!("warmed up");
+    eprintln!("warmed up {}", phase_heap());
 
     // What the nodes cost in their first quiet seconds: every node that gained peers runs
     // its DHT bootstrap (libp2p-kad starts one whenever its table, under 20 peers, grows).
     let start_cpu_before = cpu();
     tokio::time::sleep(IDLE_WINDOW).await;
     let startup_cores = (cpu() - start_cpu_before) / IDLE_WINDOW.as_secs_f64();
+    eprintln!("first quiet seconds measured {}", phase_heap());
 
     // Upload: one sender.
     let count = options.messages();
@@ -508,7 +537,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
         .map(|(a, b)| a.sent - b.sent)
         .sum();
     let total_upload_per_recipient = total as f64 / (sent_bytes * (g - 1) as f64);
-    eprintln!("upload measured");
+    eprintln!("upload measured {}", phase_heap());
 
     // Latency, delivery and CPU: every member writes in turn.
     let many = g + count..g + 2 * count;
@@ -524,7 +553,13 @@ async fn run(options: &Options) -> Result<Figures, String> {
     let memory_per_node_mib = rss().saturating_sub(rss_before) as f64 / n as f64 / 1048576.0;
     let heap_per_node_mib =
         HEAP.allocated().saturating_sub(heap_before) as f64 / n as f64 / 1048576.0;
-    eprintln!("latency measured");
+    sampler.abort();
+    let peak_heap_per_node_mib = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(heap_before) as f64
+        / n as f64
+        / 1048576.0;
+    eprintln!("latency measured {}", phase_heap());
 
     // What the nodes cost when nobody writes, once the DHT has settled: timers, heartbeats,
     // periodic sync, the connections a group that was just busy keeps.
@@ -592,6 +627,7 @@ async fn run(options: &Options) -> Result<Figures, String> {
         total_upload_per_recipient,
         memory_per_node_mib,
         heap_per_node_mib,
+        peak_heap_per_node_mib,
         cpu_per_delivery_us: cpu_used / got.max(1) as f64 * 1e6,
         catch_up_s,
         unicast_sender_upload,
@@ -715,6 +751,11 @@ fn print_table(options: &Options, figures: &Figures, baseline: &lean::LeanFigure
     println!(
         "| Rust heap in use per node (without SQLite's own) | {:.2} MiB | | {:.2} MiB | |",
         figures.heap_per_node_mib, baseline.heap_per_node_mib
+    );
+    println!(
+        "| Rust heap at its peak (sampled every {} ms) per node | {:.2} MiB | | | |",
+        HEAP_SAMPLING.as_millis(),
+        figures.peak_heap_per_node_mib
     );
     println!(
         "| connections per node: during traffic; after {} s idle | {:.1}; {:.1} | | | |",

@@ -264,6 +264,22 @@ impl Network {
         result.await.map_err(|_| NetworkError::Stopped)
     }
 
+    /// Publishes without waiting for the swarm to take it: the caller goes on at once, and a
+    /// failure (no peer on the topic yet) is only logged. Commands keep their order.
+    pub async fn publish_and_go_on(
+        &self,
+        group: GroupId,
+        envelope: Vec<u8>,
+    ) -> Result<(), NetworkError> {
+        let (done, _) = oneshot::channel();
+        self.send(Command::Publish {
+            group,
+            envelope,
+            done,
+        })
+        .await
+    }
+
     pub async fn publish(&self, group: GroupId, envelope: Vec<u8>) -> Result<(), NetworkError> {
         self.ask(|done| Command::Publish {
             group,
@@ -587,6 +603,9 @@ impl Task {
                     .publish(topic::topic(&group), envelope)
                     .map(|_| ())
                     .map_err(|e| NetworkError::Publish(e.to_string()));
+                if let Err(error) = &result {
+                    tracing::debug!(%error, "publish");
+                }
                 let _ = done.send(result);
             }
             Command::Validate {

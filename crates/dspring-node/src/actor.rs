@@ -1383,8 +1383,16 @@ impl Actor {
         };
         let mut done = Vec::with_capacity(entries.len());
         for entry in entries {
-            if let Err(error) = self.net.publish(entry.group, entry.bytes.clone()).await {
-                tracing::debug!(%error, "publish");
+            // Waiting for the swarm's answer would hold this actor (and every envelope queued
+            // behind it) for nothing: a failure is logged there, and the envelope stays in
+            // the log for sync either way.
+            if self
+                .net
+                .publish_and_go_on(entry.group, entry.bytes.clone())
+                .await
+                .is_err()
+            {
+                tracing::debug!("the network has stopped");
             }
             if let Some(member) = entry.welcome_for {
                 self.offer_welcomes(member);

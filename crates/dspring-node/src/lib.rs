@@ -271,6 +271,9 @@ struct EventsState {
     live: broadcast::Receiver<StoredEvent>,
     stopped: tokio::sync::watch::Receiver<()>,
     backlog: std::collections::VecDeque<StoredEvent>,
+    /// Whether the store holds nothing after `cursor` that the live channel will not bring:
+    /// false at the start, after a gap in the live cursors, and after the channel lagged.
+    caught_up: bool,
 }
 
 /// A running node. Cheap to clone; every clone talks to the same actor.
@@ -436,32 +439,45 @@ impl Node {
             live: self.live.subscribe(),
             stopped: self.stopped.clone(),
             backlog: std::collections::VecDeque::new(),
+            caught_up: false,
         };
+        // The live channel was subscribed before the store is first read, so nothing
+        // committed in between is missed. Once the store has nothing more, live events are
+        // taken as they come while their cursors follow on; the store is read again only
+        // after a gap or a lag (asking the actor after every event would double its work for
+        // each subscriber).
         futures::stream::unfold(state, |mut state| async move {
             loop {
                 if let Some(event) = state.backlog.pop_front() {
                     state.cursor = event.cursor;
                     return Some((event, state));
                 }
-                let stored = state
-                    .node
-                    .events_since(state.cursor, EVENT_STREAM_PAGE)
-                    .await
-                    .ok()?;
-                if !stored.is_empty() {
-                    state.backlog.extend(stored);
-                    continue;
+                if !state.caught_up {
+                    let stored = state
+                        .node
+                        .events_since(state.cursor, EVENT_STREAM_PAGE)
+                        .await
+                        .ok()?;
+                    if !stored.is_empty() {
+                        state.backlog.extend(stored);
+                        continue;
+                    }
+                    state.caught_up = true;
                 }
                 let live = tokio::select! {
                     live = state.live.recv() => live,
                     _ = state.stopped.changed() => return None,
                 };
                 match live {
-                    Ok(event) if event.cursor > state.cursor => {
+                    Ok(event) if state.cursor.checked_add(1) == Some(event.cursor) => {
                         state.cursor = event.cursor;
                         return Some((event, state));
                     }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    // A gap (a cursor the store skipped, or events this stream has not seen):
+                    // the store knows which.
+                    Ok(event) if event.cursor > state.cursor => state.caught_up = false,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => state.caught_up = false,
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
             }

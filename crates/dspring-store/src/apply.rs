@@ -158,14 +158,7 @@ impl Store {
             || batch
                 .iter()
                 .any(|s| !s.outbox.is_empty() || !s.consumed_prekeys.is_empty());
-        if must_sync != self.syncing {
-            self.conn.execute_batch(if must_sync {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            })?;
-            self.syncing = must_sync;
-        }
+        self.set_syncing(must_sync)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
