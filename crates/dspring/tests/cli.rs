@@ -1,6 +1,7 @@
 //! Two real daemons (separate processes and data directories, real libp2p on loopback), driven
 //! through the `dspring` binary and the HTTP API: contact exchange, a group, messages both
-//! ways, `follow`, the event stream resumed after a restart, and the API's errors.
+//! ways, `follow`, the event stream resumed after a restart, the API's errors, and a mailbox
+//! daemon keeping a group's messages for a member while everyone else is offline.
 
 // Test code: a failed expectation is a test failure.
 #![allow(
@@ -865,4 +866,66 @@ fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
     assert!(String::from_utf8_lossy(&human.stdout).contains("DHT peers:"));
     joiner.stop();
     hub.stop();
+}
+
+/// The mailbox through the CLI alone: a third daemon runs `--mailbox`; Alice and Bob use it
+/// (`mailbox use`). Bob goes offline, Alice writes and goes offline too; Bob comes back and
+/// reads her message, which only the mailbox can have kept.
+#[test]
+fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mailbox = Daemon::start_with(dirs[0].path(), &["--mailbox"]);
+    let alice = Daemon::start(dirs[1].path());
+    let bob = Daemon::start(dirs[2].path());
+    let card = |d: &Daemon| d.ok(&["id"])["card"].as_str().unwrap().to_owned();
+    let (mailbox_card, alice_card, bob_card) = (card(&mailbox), card(&alice), card(&bob));
+    mailbox.ok(&["contact", "add", &alice_card, "--name", "alice"]);
+    mailbox.ok(&["contact", "add", &bob_card, "--name", "bob"]);
+    alice.ok(&["contact", "add", &bob_card, "--name", "bob"]);
+    bob.ok(&["contact", "add", &alice_card, "--name", "alice"]);
+    for member in [&alice, &bob] {
+        member.ok(&["contact", "add", &mailbox_card, "--name", "mailbox"]);
+        member.ok(&["mailbox", "use", &mailbox_card]);
+    }
+    alice.ok(&["group", "create", "away", "--member", "bob"]);
+    until("bob joins", || {
+        bob.ok(&["group", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "away")
+    });
+    until("the mailbox serves the group", || {
+        mailbox.ok(&["status"])["mailbox_groups"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    });
+    alice.ok(&["send", "away", "before you left"]);
+    until("bob reads the first message", || {
+        texts(&bob, "away").contains(&"before you left".to_owned())
+    });
+
+    bob.stop();
+    alice.ok(&["send", "away", "while you were away"]);
+    // Alice's own outbox empties once the network took the message; the mailbox, a
+    // subscriber of the group's topic, keeps it. Give gossip a moment, then Alice leaves.
+    until("alice's outbox is empty", || {
+        alice.ok(&["status"])["outbox"].as_u64() == Some(0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    alice.stop();
+
+    let bob = Daemon::start(dirs[2].path());
+    bob.ok(&["status", "--wait", "--timeout", "60"]);
+    until("bob reads what was written while he was away", || {
+        texts(&bob, "away").contains(&"while you were away".to_owned())
+    });
+    let read = texts(&bob, "away");
+    assert_eq!(
+        read.iter().filter(|t| *t == "while you were away").count(),
+        1,
+        "exactly once: {read:?}"
+    );
+    bob.stop();
+    mailbox.stop();
 }
