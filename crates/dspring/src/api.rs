@@ -647,7 +647,7 @@ fn hex32(text: &str) -> Option<[u8; 32]> {
 }
 
 /// A group named by its id (hex) or its name; a name two groups share is ambiguous.
-async fn resolve_group(node: &Node, reference: &str) -> Result<GroupId, ApiError> {
+pub async fn resolve_group(node: &Node, reference: &str) -> Result<GroupId, ApiError> {
     let groups = node.groups().await?;
     if let Some(bytes) = hex32(reference) {
         let id = GroupId(bytes);

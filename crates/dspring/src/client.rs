@@ -151,11 +151,17 @@ impl Client {
     pub async fn follow(
         &self,
         after: u64,
+        group: Option<&str>,
         mut each: impl FnMut(Value) -> bool,
     ) -> Result<(), ClientError> {
+        let mut query = vec![("after", after.to_string())];
+        if let Some(group) = group {
+            query.push(("group", group.to_owned()));
+        }
         let response = self
             .http
-            .get(format!("http://{}/v1/events?after={after}", self.address))
+            .get(format!("http://{}/v1/events", self.address))
+            .query(&query)
             .bearer_auth(&self.token)
             .send()
             .await

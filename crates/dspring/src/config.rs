@@ -244,6 +244,38 @@ impl Config {
         }
     }
 
+    /// Sets the mailbox settings (`dspring mailbox serve`) in `dir`'s config file, keeping
+    /// the rest of it, comments included; written whole or not at all (a temporary file
+    /// renamed over it). The daemon reads them at its next start.
+    pub fn set_mailbox(
+        dir: &Path,
+        serve: Option<bool>,
+        retention_days: Option<u64>,
+    ) -> Result<Self, ConfigError> {
+        use std::io::Write;
+        Self::write_default(dir)?;
+        let path = dir.join(CONFIG_FILE);
+        let io = |error| ConfigError::Io {
+            path: path.clone(),
+            error,
+        };
+        // Read through `load`'s checks (size bound, validity) first.
+        Self::load(dir)?;
+        let text = std::fs::read_to_string(&path).map_err(io)?;
+        let edited = with_mailbox_settings(&text, serve, retention_days);
+        let config = Self::parse(&edited).map_err(|message| ConfigError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        let temporary = dir.join(format!("{CONFIG_FILE}.new"));
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        file.write_all(edited.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temporary, &path).map_err(io)?;
+        Ok(config)
+    }
+
     pub fn idle_group_after(&self) -> Duration {
         Duration::from_secs(self.network.idle_group_after_secs)
     }
@@ -251,6 +283,59 @@ impl Config {
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.mailbox.retention_days * 86_400)
     }
+}
+
+/// `text` (a settings file) with `serve` and `retention_days` under `[mailbox]` set to these
+/// values where given: the key's line is replaced, or added at the end of the section, or the
+/// section is added. Every other line stays as it was. Written by hand because the `toml`
+/// crate rewrites a whole document and drops its comments.
+fn with_mailbox_settings(text: &str, serve: Option<bool>, retention_days: Option<u64>) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let header = lines.iter().position(|l| l.trim() == "[mailbox]");
+    let wanted = [
+        ("serve", serve.map(|v| v.to_string())),
+        ("retention_days", retention_days.map(|v| v.to_string())),
+    ];
+    let Some(header) = header else {
+        lines.push(String::new());
+        lines.push("[mailbox]".to_owned());
+        for (key, value) in wanted {
+            if let Some(value) = value {
+                lines.push(format!("{key} = {value}"));
+            }
+        }
+        return lines.join("\n") + "\n";
+    };
+    for (key, value) in wanted {
+        let Some(value) = value else { continue };
+        let end = lines
+            .iter()
+            .skip(header + 1)
+            .position(|l| l.trim_start().starts_with('['))
+            .map_or(lines.len(), |i| header + 1 + i);
+        let is_key = |line: &str| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        let line = format!("{key} = {value}");
+        match (header + 1..end).find(|&i| lines.get(i).is_some_and(|l| is_key(l))) {
+            Some(i) => {
+                if let Some(slot) = lines.get_mut(i) {
+                    *slot = line;
+                }
+            }
+            None => {
+                // After the section's last setting, before any blank lines that end it.
+                let last = (header + 1..end)
+                    .rev()
+                    .find(|&i| lines.get(i).is_some_and(|l| !l.trim().is_empty()))
+                    .unwrap_or(header);
+                lines.insert(last + 1, line);
+            }
+        }
+    }
+    lines.join("\n") + "\n"
 }
 
 #[cfg(test)]
@@ -297,5 +382,39 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), "[api]\nport = 9\n").unwrap();
         assert!(!Config::write_default(dir.path()).unwrap());
         assert_eq!(Config::load(dir.path()).unwrap().api.port, 9);
+    }
+
+    #[test]
+    fn mailbox_settings_are_set_in_place_and_the_comments_stay() {
+        let on = with_mailbox_settings(DEFAULT_CONFIG, Some(true), Some(7));
+        let config = Config::parse(&on).unwrap();
+        assert!(config.mailbox.serve);
+        assert_eq!(config.mailbox.retention_days, 7);
+        assert_eq!(config.network, Config::default().network);
+        assert_eq!(on.lines().count(), DEFAULT_CONFIG.lines().count());
+        assert!(on.contains("# How long a mailbox keeps what it holds, in days."));
+        // Only what was given changes.
+        let off = with_mailbox_settings(&on, Some(false), None);
+        let config = Config::parse(&off).unwrap();
+        assert!(!config.mailbox.serve);
+        assert_eq!(config.mailbox.retention_days, 7);
+        // A file without the section, or without the key, gets them.
+        let added = with_mailbox_settings("[api]\nport = 7\n", Some(true), None);
+        let config = Config::parse(&added).unwrap();
+        assert!(config.mailbox.serve);
+        assert_eq!(config.api.port, 7);
+        let key_added = with_mailbox_settings(
+            "[mailbox]\nserve = true\n\n[api]\nport = 7\n",
+            None,
+            Some(3),
+        );
+        let config = Config::parse(&key_added).unwrap();
+        assert_eq!(
+            (config.mailbox.serve, config.mailbox.retention_days),
+            (true, 3)
+        );
+        // A comment that names the key is left alone.
+        let other = with_mailbox_settings("[mailbox]\n# serve_later = 1\n", Some(true), None);
+        assert!(Config::parse(&other).unwrap().mailbox.serve);
     }
 }

@@ -14,6 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dspring_node::{Node, NodeConfig};
+use dspring_proto::GroupId;
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -254,6 +255,13 @@ fn router(app: App) -> Router {
         .route("/v1/proof", get(prove))
         .route("/v1/{method}", post(method))
         .fallback(|| async { error_response(ApiError::new(404, "not_found", "no such endpoint")) })
+        .method_not_allowed_fallback(|| async {
+            error_response(ApiError::new(
+                405,
+                "method_not_allowed",
+                "methods are POST /v1/<method>; the event stream is GET /v1/events",
+            ))
+        })
         .with_state(app)
 }
 
@@ -354,11 +362,14 @@ async fn method_inner(
 #[derive(Deserialize)]
 struct EventsQuery {
     after: Option<u64>,
+    /// Only this group's events (a name or an id).
+    group: Option<String>,
 }
 
 /// The event stream: stored events after the cursor (`Last-Event-ID`, else `?after=`, else
 /// the beginning), then live ones; each SSE event's id is its cursor, so a client that
-/// reconnects with `Last-Event-ID` misses nothing and sees nothing twice.
+/// reconnects with `Last-Event-ID` misses nothing and sees nothing twice. `?group=` (a name
+/// or an id) keeps one group's events; the ids stay the node's cursors.
 async fn events(
     State(app): State<App>,
     headers: HeaderMap,
@@ -389,6 +400,13 @@ async fn events(
         }
         None => query.after.unwrap_or(0),
     };
+    let only = match &query.group {
+        Some(reference) => match api::resolve_group(&app.node, reference).await {
+            Ok(group) => Some(group),
+            Err(error) => return error_response(error),
+        },
+        None => None,
+    };
     let Ok(slot) = Arc::clone(&app.streams).try_acquire_owned() else {
         return error_response(ApiError::new(
             503,
@@ -401,7 +419,7 @@ async fn events(
         let _ = stopping.wait_for(|stop| *stop).await;
     };
     // The slot is held as long as the stream lives.
-    let stream = event_stream(&app.node, after).map(move |event| {
+    let stream = event_stream(&app.node, after, only).map(move |event| {
         let _held = &slot;
         event
     });
@@ -413,15 +431,18 @@ async fn events(
 fn event_stream(
     node: &Node,
     after: u64,
+    only: Option<GroupId>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<> {
-    node.events(after).map(|stored| {
-        let event = api::api_event(&stored);
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        Ok(SseEvent::default()
-            .id(stored.cursor.to_string())
-            .event("event")
-            .data(data))
-    })
+    node.events(after)
+        .filter(move |stored| std::future::ready(only.is_none_or(|group| stored.group == group)))
+        .map(|stored| {
+            let event = api::api_event(&stored);
+            let data = serde_json::to_string(&event).unwrap_or_default();
+            Ok(SseEvent::default()
+                .id(stored.cursor.to_string())
+                .event("event")
+                .data(data))
+        })
 }
 
 #[derive(Deserialize)]

@@ -122,6 +122,8 @@ enum Command {
     },
     /// Prints events as they happen (from cursor `--after`), until the daemon stops.
     Follow {
+        /// Only this group's events (a name or an id).
+        group: Option<String>,
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
@@ -177,10 +179,23 @@ enum InvitationCommand {
 
 #[derive(Subcommand)]
 enum MailboxCommand {
-    /// Uses the mailbox behind this contact card. Its operator runs `dspring daemon
-    /// --mailbox` (or sets `serve = true` under `[mailbox]` in config.toml) and adds your
-    /// card as a contact first.
+    /// Uses the mailbox behind this contact card. Its operator runs `dspring mailbox serve
+    /// --on` (or `dspring daemon --mailbox`) and adds your card as a contact first.
     Use { card: String },
+    /// Shows or changes this profile's mailbox settings (config.toml, `[mailbox]`): whether
+    /// its daemon serves as a mailbox for its contacts, and how long it keeps what it holds.
+    /// A running daemon takes them at its next start.
+    Serve {
+        /// Serve as a mailbox.
+        #[arg(long, conflicts_with = "off")]
+        on: bool,
+        /// Stop serving as a mailbox.
+        #[arg(long)]
+        off: bool,
+        /// Keep what the mailbox holds this many days (1 to 3650).
+        #[arg(long)]
+        retention_days: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,6 +315,48 @@ async fn run(cli: Cli) -> ExitCode {
             }
         };
     }
+    if let Command::Mailbox(MailboxCommand::Serve {
+        on,
+        off,
+        retention_days,
+    }) = &cli.command
+    {
+        let serve = if *on {
+            Some(true)
+        } else if *off {
+            Some(false)
+        } else {
+            None
+        };
+        return match config::Config::set_mailbox(home.dir(), serve, *retention_days) {
+            Ok(config) => {
+                let path = home.dir().join(config::CONFIG_FILE);
+                if cli.json {
+                    out!(
+                        "{}",
+                        json!({
+                            "serve": config.mailbox.serve,
+                            "retention_days": config.mailbox.retention_days,
+                            "config": path.display().to_string(),
+                        })
+                    );
+                } else {
+                    out!(
+                        "serve as a mailbox: {}; keep what it holds {} days ({}; a running \
+                         daemon takes this at its next start)",
+                        if config.mailbox.serve { "yes" } else { "no" },
+                        config.mailbox.retention_days,
+                        path.display()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Init = cli.command {
         return match daemon::init(&home).await {
             Ok(result) => {
@@ -407,7 +464,11 @@ async fn detach(home: &Home) -> Result<(), String> {
 /// The method and parameters a command calls.
 fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
     Ok(match command {
-        Command::Daemon { .. } | Command::Demo | Command::Init | Command::Follow { .. } => {
+        Command::Daemon { .. }
+        | Command::Demo
+        | Command::Init
+        | Command::Follow { .. }
+        | Command::Mailbox(MailboxCommand::Serve { .. }) => {
             return Err(ClientError::BadAnswer("not a method".into()));
         }
         Command::Id { .. } => ("id", json!({})),
@@ -476,13 +537,13 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
 
 async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
     let client = Client::connect(home).await?;
-    if let Command::Follow { after } = cli.command {
+    if let Command::Follow { group, after } = &cli.command {
         let json = cli.json;
         // A closed stdout (`dspring follow | head -1`) ends the command quietly: println!
         // would panic.
         let mut out = std::io::stdout().lock();
         return client
-            .follow(after, |event| {
+            .follow(*after, group.as_deref(), |event| {
                 let line = if json {
                     event.to_string()
                 } else {

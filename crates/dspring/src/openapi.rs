@@ -128,11 +128,12 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
         "parameters": [
             {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+            {"name": "group", "in": "query", "required": false, "description": "Only this group's events: a name or an id.", "schema": {"type": "string"}},
             {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}}
         ],
         "responses": {
             "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            "400": error, "401": error
+            "400": error, "401": error, "404": error, "503": error
         }
     });
     match paths.get_mut("/v1/events").and_then(Value::as_object_mut) {

@@ -296,6 +296,24 @@ fn http_result(
     })
 }
 
+/// A raw authorized GET (for answers that are not a stream): status and JSON body.
+fn http_get(daemon: &Daemon, path: &str, token: &str) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}{path}", daemon.address()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
 #[test]
 fn two_daemons_talk_through_the_cli_and_the_api() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -429,6 +447,20 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
         (status, body["code"].as_str()),
         (404, Some("unknown_method"))
     );
+    let (status, body) = http_get(&alice, "/v1/send", &token);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = http_get(&alice, "/v1/events?group=nosuch", &token);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_group"))
+    );
+    // A message over the core's plaintext bound (256 KiB), in a body the daemon reads whole.
+    let long = json!({"group": "friends", "text": "x".repeat(300 << 10)}).to_string();
+    let (status, body) = http(&alice, "/v1/send", Some(&token), long.into_bytes());
+    assert_eq!((status, body["code"].as_str()), (413, Some("too_large")));
     let huge = vec![b' '; 4 << 20];
     match http_result(&alice, "/v1/status", Some(&token), huge) {
         Ok((status, body)) => assert_eq!((status, body["code"].as_str()), (413, Some("too_large"))),
@@ -530,6 +562,32 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
             .all(|e| e["text"] != "hello bob" && e["text"] != "hello alice"),
         "nothing before the cursor comes again: {seen:?}"
     );
+    // The same through the raw stream and a `Last-Event-ID` header, as a browser's
+    // EventSource reconnects: the ids go on from the cursor to the new message.
+    let after_restart = bob
+        .ok(&["read", "friends", "--limit", "100"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["text"] == "after the restart")
+        .unwrap()["cursor"]
+        .as_u64()
+        .unwrap();
+    let (status, mut raw) = raw_stream(&bob, &format!("Last-Event-ID: {last_cursor}\r\n"));
+    assert_eq!(status, 200);
+    let mut previous = last_cursor;
+    loop {
+        let id = next_sse_id(&mut raw);
+        assert!(
+            id > previous,
+            "ids rise from the cursor: {id} after {previous}"
+        );
+        previous = id;
+        if id == after_restart {
+            break;
+        }
+    }
+    drop(raw);
     // A daemon stops on SIGTERM even with a client on its event stream, and the stream ends.
     bob.stop();
     let deadline = Instant::now() + WAIT;
@@ -868,13 +926,39 @@ fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
     hub.stop();
 }
 
-/// The mailbox through the CLI alone: a third daemon runs `--mailbox`; Alice and Bob use it
-/// (`mailbox use`). Bob goes offline, Alice writes and goes offline too; Bob comes back and
-/// reads her message, which only the mailbox can have kept.
+/// The mailbox through the CLI alone: a third daemon serves (`mailbox serve --on`); Alice and
+/// Bob use it (`mailbox use`). Bob goes offline, Alice writes and goes offline too; Bob comes
+/// back and reads her message, which only the mailbox can have kept. `follow away` shows one
+/// group only.
 #[test]
 fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mailbox = Daemon::start_with(dirs[0].path(), &["--mailbox"]);
+    // The mailbox's operator turns serving on in its settings before starting the daemon.
+    let settings = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
+            .args(["--data-dir", dirs[0].path().to_str().unwrap(), "--json"])
+            .args(["mailbox", "serve"])
+            .args(args)
+            .output()
+            .unwrap();
+        let value: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output.status.code(), value)
+    };
+    let (code, shown) = settings(&["--on", "--retention-days", "7"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        (shown["serve"].as_bool(), shown["retention_days"].as_u64()),
+        (Some(true), Some(7))
+    );
+    let (code, _) = settings(&["--retention-days", "0"]);
+    assert_eq!(code, Some(1), "a retention of 0 days is refused");
+    let (_, shown) = settings(&[]);
+    assert_eq!(
+        (shown["serve"].as_bool(), shown["retention_days"].as_u64()),
+        (Some(true), Some(7)),
+        "and changes nothing"
+    );
+    let mailbox = Daemon::start(dirs[0].path());
     let alice = Daemon::start(dirs[1].path());
     let bob = Daemon::start(dirs[2].path());
     let card = |d: &Daemon| d.ok(&["id"])["card"].as_str().unwrap().to_owned();
@@ -887,7 +971,21 @@ fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
         member.ok(&["contact", "add", &mailbox_card, "--name", "mailbox"]);
         member.ok(&["mailbox", "use", &mailbox_card]);
     }
-    alice.ok(&["group", "create", "away", "--member", "bob"]);
+    // A first group, so that `follow away` below has something to leave out.
+    alice.ok(&["group", "create", "aside", "--member", "bob"]);
+    alice.ok(&["send", "aside", "in the other group"]);
+    until("bob reads the other group", || {
+        bob.ok(&["group", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "aside")
+            && texts(&bob, "aside").contains(&"in the other group".to_owned())
+    });
+    let away = alice.ok(&["group", "create", "away", "--member", "bob"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     until("bob joins", || {
         bob.ok(&["group", "list"])
             .as_array()
@@ -904,6 +1002,23 @@ fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
     until("bob reads the first message", || {
         texts(&bob, "away").contains(&"before you left".to_owned())
     });
+    // `follow away` from the start replays only that group, though "aside" came first.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[2].path().to_str().unwrap()])
+        .args(["--json", "follow", "away"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut follower);
+    loop {
+        let event = next_event(&lines);
+        assert_eq!(event["group"], away.as_str(), "{event}");
+        if event["text"] == "before you left" {
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
 
     bob.stop();
     alice.ok(&["send", "away", "while you were away"]);
