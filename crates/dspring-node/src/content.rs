@@ -6,6 +6,10 @@ use dspring_store::StoredEvent;
 
 use crate::card::MailboxRef;
 
+/// The longest message [`crate::Node::send`] takes, bytes: the core's plaintext bound less
+/// the tag byte.
+pub const MAX_MESSAGE_BYTES: usize = dspring_proto::envelope::MAX_PLAINTEXT_LEN - 1;
+
 const TEXT: u8 = 0;
 const MAILBOX: u8 = 1;
 const GROUP_NAME: u8 = 2;

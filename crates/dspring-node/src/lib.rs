@@ -32,7 +32,7 @@
 //!     }
 //!     alice.send(group, b"hello Bob").await?;
 //!     while let Some(stored) = events.next().await {
-//!         if let dspring_proto::Event::Message { plaintext, .. } = stored.event {
+//!         if let dspring_node::Event::Message { plaintext, .. } = stored.event {
 //!             assert_eq!(plaintext, b"hello Bob");
 //!             break;
 //!         }
@@ -58,12 +58,14 @@ mod safety;
 
 use std::path::PathBuf;
 
-use dspring_proto::{GroupId, MemberId};
 use dspring_store::StoredEvent;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
+pub use content::MAX_MESSAGE_BYTES;
 pub use dspring_net::Traffic;
+/// The core's identifiers and events, as the node's API hands them out.
+pub use dspring_proto::{Event, GroupId, MemberId};
 pub use dspring_store::Invitation;
 pub use libp2p::Multiaddr;
 pub use libp2p::multiaddr::Protocol;

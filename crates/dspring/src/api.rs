@@ -5,12 +5,12 @@
 use dspring_node::{
     Contact, ContactCard, Node, NodeError, NodeEvent, safety_number, same_safety_number,
 };
-use dspring_proto::{Event, GroupId, MemberId};
+use dspring_node::{Event, GroupId, MemberId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Largest text a `send` carries: the core's plaintext bound less the node's content tag.
-pub const MAX_MESSAGE_BYTES: usize = dspring_proto::envelope::MAX_PLAINTEXT_LEN - 1;
+pub const MAX_MESSAGE_BYTES: usize = dspring_node::MAX_MESSAGE_BYTES;
 /// Most messages one `read` returns.
 pub const MAX_READ: usize = 1000;
 /// Most events one page of `events` returns.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dspring_node::{ContactCard, MailboxConfig, Node, NodeConfig, NodeError};
-use dspring_proto::{Event, GroupId};
+use dspring_node::{Event, GroupId};
 
 /// How long a step may wait for the network before the demo gives up.
 const STEP_LIMIT: Duration = Duration::from_secs(60);
