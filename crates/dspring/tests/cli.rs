@@ -1,7 +1,8 @@
 //! Two real daemons (separate processes and data directories, real libp2p on loopback), driven
 //! through the `dspring` binary and the HTTP API: contact exchange, a group, messages both
-//! ways, `follow`, the event stream resumed after a restart, the API's errors, and a mailbox
-//! daemon keeping a group's messages for a member while everyone else is offline.
+//! ways (one from stdin), `follow`, the event stream resumed after a restart, adding a member,
+//! a key update, `id --qr`, SIGTERM and SIGINT, the API's errors, and a mailbox daemon keeping
+//! a group's messages for a member while everyone else is offline.
 
 // Test code: a failed expectation is a test failure.
 #![allow(
@@ -81,9 +82,14 @@ impl Daemon {
     }
 
     /// Stops the daemon with SIGTERM and waits for a clean exit.
-    fn stop(mut self) {
+    fn stop(self) {
+        self.stop_with("-TERM");
+    }
+
+    /// Stops the daemon with this signal (`-TERM`, `-INT`) and waits for a clean exit.
+    fn stop_with(mut self, signal: &str) {
         let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + WAIT;
         loop {
@@ -416,6 +422,39 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     assert_eq!(read[1]["kind"], "sent");
     let last_cursor = read[1]["cursor"].as_u64().unwrap();
 
+    // `send <group> -` reads the text from stdin.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[0].path().to_str().unwrap(), "--json"])
+        .args(["send", "friends", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = piped.stdin.take().unwrap();
+        stdin.write_all(b"from stdin").unwrap();
+    }
+    assert!(piped.wait().unwrap().success());
+    until("bob reads what came from stdin", || {
+        texts(&bob, "friends").contains(&"from stdin".to_owned())
+    });
+    // `id --qr` draws the card as a QR code of block characters.
+    let qr = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[0].path().to_str().unwrap(), "id", "--qr"])
+        .output()
+        .unwrap();
+    assert!(qr.status.success());
+    let drawn = String::from_utf8(qr.stdout).unwrap();
+    assert!(
+        drawn
+            .lines()
+            .filter(|l| l.contains('█') || l.contains('▀') || l.contains('▄'))
+            .count()
+            > 10,
+        "{drawn}"
+    );
+
     // Errors: a stable code and exit code 1.
     let (code, _) = alice.cli(&["send", "no such group", "x"]);
     assert_eq!(code, 1);
@@ -598,7 +637,8 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    alice.stop();
+    // Ctrl-C (SIGINT) stops a daemon as cleanly.
+    alice.stop_with("-INT");
 }
 
 /// Opens `GET /v1/events` on a raw socket with these extra headers; the status code and the
@@ -701,9 +741,9 @@ fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
     assert_eq!(alice.ok(&["contact", "show", "bob"])["verified"], false);
 
     // A group of three; everyone talks.
-    alice.ok(&[
-        "group", "create", "three", "--member", "bob", "--member", "carol",
-    ]);
+    // Made with Bob, then Carol added.
+    alice.ok(&["group", "create", "three", "--member", "bob"]);
+    alice.ok(&["group", "add", "three", "carol"]);
     for daemon in [bob, carol] {
         until("joined", || {
             daemon
@@ -720,6 +760,14 @@ fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
     for daemon in &daemons {
         until("everyone reads everyone", || {
             texts(daemon, "three").len() == 3
+        });
+    }
+    // Bob refreshes his keys; the group goes on.
+    bob.ok(&["group", "update", "three"]);
+    carol.ok(&["send", "three", "after bob's update"]);
+    for daemon in &daemons {
+        until("everyone reads the message after the update", || {
+            texts(daemon, "three").contains(&"after bob's update".to_owned())
         });
     }
 
