@@ -1300,3 +1300,35 @@ impl Staged {
         self.delivered.extend(other.delivered);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+
+    /// What makes a removal final: the fresh seed that every later key of the remover derives
+    /// from goes to each remaining member under their own 2SM keys, and to the removed member
+    /// not at all, so even a removed node that kept its state has nothing to derive them from.
+    #[test]
+    fn a_removal_seals_its_fresh_seed_to_the_remaining_members_only() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let devices: Vec<Device> = (0..3).map(|_| Device::generate(2, &mut rng)).collect();
+        let others = [devices[1].bundle(None), devices[2].bundle(None)];
+        let created = Group::create(&devices[0], GroupId([7; 32]), &others, &mut rng).unwrap();
+        let removed = devices[2].id();
+        let removal = created.group.remove(removed, &mut rng).unwrap();
+        let envelope = Unverified::<Envelope>::parse(removal.outbox[0].bytes.clone()).unwrap();
+        let control = Control::decode(&mut Reader::new(envelope.unverified_payload())).unwrap();
+        let Control::Remove { member, seeds } = control else {
+            panic!("not a removal: {control:?}");
+        };
+        assert_eq!(member, removed);
+        let sealed_to: BTreeSet<ShortId> = seeds.keys().copied().collect();
+        assert_eq!(sealed_to, BTreeSet::from([devices[1].id().short()]));
+        assert!(!removal.group.members().contains(&removed));
+    }
+}

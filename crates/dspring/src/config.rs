@@ -262,11 +262,12 @@ impl Config {
         // Read through `load`'s checks (size bound, validity) first.
         Self::load(dir)?;
         let text = std::fs::read_to_string(&path).map_err(io)?;
-        let edited = with_mailbox_settings(&text, serve, retention_days);
-        let config = Self::parse(&edited).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.clone(),
             message,
-        })?;
+        };
+        let edited = with_mailbox_settings(&text, serve, retention_days).map_err(invalid)?;
+        let config = Self::parse(&edited).map_err(invalid)?;
         let temporary = dir.join(format!("{CONFIG_FILE}.new"));
         let mut file = std::fs::File::create(&temporary).map_err(io)?;
         file.write_all(edited.as_bytes())
@@ -286,56 +287,47 @@ impl Config {
 }
 
 /// `text` (a settings file) with `serve` and `retention_days` under `[mailbox]` set to these
-/// values where given: the key's line is replaced, or added at the end of the section, or the
-/// section is added. Every other line stays as it was. Written by hand because the `toml`
-/// crate rewrites a whole document and drops its comments.
-fn with_mailbox_settings(text: &str, serve: Option<bool>, retention_days: Option<u64>) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let header = lines.iter().position(|l| l.trim() == "[mailbox]");
-    let wanted = [
-        ("serve", serve.map(|v| v.to_string())),
-        ("retention_days", retention_days.map(|v| v.to_string())),
-    ];
-    let Some(header) = header else {
-        lines.push(String::new());
-        lines.push("[mailbox]".to_owned());
-        for (key, value) in wanted {
-            if let Some(value) = value {
-                lines.push(format!("{key} = {value}"));
+/// values where given; every other line, comments included, stays as it was.
+fn with_mailbox_settings(
+    text: &str,
+    serve: Option<bool>,
+    retention_days: Option<u64>,
+) -> Result<String, String> {
+    let mut document: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let section = document
+        .entry("mailbox")
+        .or_insert_with(toml_edit::table)
+        .as_table_like_mut()
+        .ok_or("[mailbox] is not a section")?;
+    if let Some(serve) = serve {
+        set_keeping_comments(section, "serve", serve.into());
+    }
+    if let Some(days) = retention_days {
+        let days = i64::try_from(days).map_err(|_| "retention_days is too large")?;
+        set_keeping_comments(section, "retention_days", days.into());
+    }
+    Ok(document.to_string())
+}
+
+/// Sets `key` in `section`; an existing key keeps the comments above it and after its value
+/// (replacing the whole entry would drop them).
+fn set_keeping_comments(
+    section: &mut dyn toml_edit::TableLike,
+    key: &str,
+    value: toml_edit::Value,
+) {
+    let mut value = value;
+    match section.get_mut(key) {
+        Some(item) => {
+            if let Some(old) = item.as_value() {
+                *value.decor_mut() = old.decor().clone();
             }
+            *item = toml_edit::Item::Value(value);
         }
-        return lines.join("\n") + "\n";
-    };
-    for (key, value) in wanted {
-        let Some(value) = value else { continue };
-        let end = lines
-            .iter()
-            .skip(header + 1)
-            .position(|l| l.trim_start().starts_with('['))
-            .map_or(lines.len(), |i| header + 1 + i);
-        let is_key = |line: &str| {
-            line.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        };
-        let line = format!("{key} = {value}");
-        match (header + 1..end).find(|&i| lines.get(i).is_some_and(|l| is_key(l))) {
-            Some(i) => {
-                if let Some(slot) = lines.get_mut(i) {
-                    *slot = line;
-                }
-            }
-            None => {
-                // After the section's last setting, before any blank lines that end it.
-                let last = (header + 1..end)
-                    .rev()
-                    .find(|&i| lines.get(i).is_some_and(|l| !l.trim().is_empty()))
-                    .unwrap_or(header);
-                lines.insert(last + 1, line);
-            }
+        None => {
+            section.insert(key, toml_edit::Item::Value(value));
         }
     }
-    lines.join("\n") + "\n"
 }
 
 #[cfg(test)]
@@ -386,20 +378,20 @@ mod tests {
 
     #[test]
     fn mailbox_settings_are_set_in_place_and_the_comments_stay() {
-        let on = with_mailbox_settings(DEFAULT_CONFIG, Some(true), Some(7));
+        let on = with_mailbox_settings(DEFAULT_CONFIG, Some(true), Some(7)).unwrap();
         let config = Config::parse(&on).unwrap();
         assert!(config.mailbox.serve);
         assert_eq!(config.mailbox.retention_days, 7);
         assert_eq!(config.network, Config::default().network);
-        assert_eq!(on.lines().count(), DEFAULT_CONFIG.lines().count());
+        assert_eq!(on.lines().count(), DEFAULT_CONFIG.lines().count(), "{on}");
         assert!(on.contains("# How long a mailbox keeps what it holds, in days."));
         // Only what was given changes.
-        let off = with_mailbox_settings(&on, Some(false), None);
+        let off = with_mailbox_settings(&on, Some(false), None).unwrap();
         let config = Config::parse(&off).unwrap();
         assert!(!config.mailbox.serve);
         assert_eq!(config.mailbox.retention_days, 7);
         // A file without the section, or without the key, gets them.
-        let added = with_mailbox_settings("[api]\nport = 7\n", Some(true), None);
+        let added = with_mailbox_settings("[api]\nport = 7\n", Some(true), None).unwrap();
         let config = Config::parse(&added).unwrap();
         assert!(config.mailbox.serve);
         assert_eq!(config.api.port, 7);
@@ -407,14 +399,24 @@ mod tests {
             "[mailbox]\nserve = true\n\n[api]\nport = 7\n",
             None,
             Some(3),
-        );
+        )
+        .unwrap();
         let config = Config::parse(&key_added).unwrap();
         assert_eq!(
             (config.mailbox.serve, config.mailbox.retention_days),
             (true, 3)
         );
         // A comment that names the key is left alone.
-        let other = with_mailbox_settings("[mailbox]\n# serve_later = 1\n", Some(true), None);
+        let other =
+            with_mailbox_settings("[mailbox]\n# serve_later = 1\n", Some(true), None).unwrap();
         assert!(Config::parse(&other).unwrap().mailbox.serve);
+        assert!(other.contains("# serve_later = 1"));
+        // A header with a comment of its own is the same section.
+        let commented =
+            with_mailbox_settings("[mailbox] # ours\nserve = false # was\n", Some(true), None)
+                .unwrap();
+        assert_eq!(commented, "[mailbox] # ours\nserve = true # was\n");
+        // A key that is not a section is an error, not a second [mailbox].
+        assert!(with_mailbox_settings("mailbox = 1\n", Some(true), None).is_err());
     }
 }

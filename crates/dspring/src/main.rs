@@ -445,8 +445,10 @@ async fn detach(home: &Home) -> Result<(), String> {
                 tail.join("\n")
             ));
         }
-        if Client::connect(home).await.is_ok() {
+        if let Ok(client) = Client::connect(home).await {
             out!("daemon running, pid {}; log: {}", child.id(), log.display());
+            // Its first DHT bootstrap and catch-ups start now.
+            watch_long_work(&client).await;
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -569,8 +571,49 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
             out!("{}", qr_code(text_of(&result, "card"))?);
         }
     }
+    if starts_long_work(method) {
+        watch_long_work(&client).await;
+    }
     Ok(())
 }
+
+/// Methods after which the daemon has long work to do: news from a new mailbox, the
+/// catch-up of a group just joined.
+fn starts_long_work(method: &str) -> bool {
+    matches!(method, "mailbox.use" | "invitation.accept")
+}
+
+/// How long a command that started long work shows its progress before it leaves the work
+/// to the daemon: a catch-up that waits for a member who is offline must not hold a terminal.
+const WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// On a terminal, shows the daemon's long work until it ends (or [`WATCH_LIMIT`]); elsewhere
+/// returns at once, so that scripts are not held. Ending the watch never stops the work.
+async fn watch_long_work(client: &Client) {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    // The work may start a moment after the call that asked for it.
+    let started = tokio::time::Instant::now();
+    loop {
+        match client.call("status", json!({})).await {
+            Ok(status) if long_work(&status).is_some() => break,
+            Ok(_) if started.elapsed() < WORK_START_GRACE => tokio::time::sleep(WAIT_POLL).await,
+            _ => return,
+        }
+    }
+    eprintln!("(Ctrl-C stops watching; the daemon goes on)");
+    match wait_for_long_work(client, Some(WATCH_LIMIT)).await {
+        Ok(_) => eprintln!("done"),
+        Err(ClientError::TimedOut(running)) => {
+            eprintln!("still running in the daemon: {running}; 'dspring status --wait' follows it")
+        }
+        Err(error) => eprintln!("watching the daemon's progress: {error}"),
+    }
+}
+
+/// How long a command waits for the long work it started to show in the status.
+const WORK_START_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often `status --wait` asks the daemon: often enough for a smooth count.
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
