@@ -303,3 +303,81 @@ async fn a_contacts_only_node_holds_a_strangers_group_until_its_user_accepts() {
         Err(dspring_node::NodeError::NoInvitation)
     ));
 }
+
+/// A leave request outlives a restart: the member whose turn it is keeps the request in its
+/// store, and after a restart takes it up again (its turn counted from its start), even with
+/// every other remaining member offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_request_is_acted_on_after_the_member_whose_turn_it_is_restarts() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let addresses: Vec<String> = (0..3).map(|_| common::fixed_address()).collect();
+    let mut nodes = Vec::new();
+    for (dir, address) in dirs.iter().zip(&addresses) {
+        nodes.push(common::start_on(dir.path(), address).await);
+    }
+    introduce(&nodes.iter().collect::<Vec<_>>()).await;
+    let leaver = nodes.pop().unwrap();
+    let group = nodes[0]
+        .create_group("g", &[nodes[1].id(), leaver.id()])
+        .await
+        .unwrap();
+    for node in [&nodes[1], &leaver] {
+        until("joined", async || {
+            node.groups().await.unwrap().contains(&group)
+        })
+        .await;
+    }
+    // Turns go in member-id order: the first would remove the leaver at once; the test is
+    // about the second, whose turn comes two maintenance rounds later.
+    let mut stayers: Vec<(usize, dspring_node::Node)> = nodes.into_iter().enumerate().collect();
+    stayers.sort_by_key(|(_, node)| node.id());
+    let (second_at, second) = stayers.pop().unwrap();
+    let (_, first) = stayers.pop().unwrap();
+    first.stop().await.unwrap();
+    drop(first);
+
+    leaver.leave(group).await.unwrap();
+    let second_id = second.id();
+    // The request reaches the second in milliseconds; its turn is 20 s away.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    second.stop().await.unwrap();
+    drop(second);
+    {
+        let store = dspring_store::Store::open(dirs[second_at].path(), None).unwrap();
+        assert_eq!(
+            store.leave_requests().unwrap(),
+            vec![(group, leaver.id())],
+            "the request is in the second's store"
+        );
+    }
+    let second = common::start_on(dirs[second_at].path(), &addresses[second_at]).await;
+    assert_eq!(second.id(), second_id);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while second.members(group).await.unwrap().contains(&leaver.id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second removes the leaver after its restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let removals: Vec<_> = second
+        .events_since(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::MemberRemoved { by, member } => Some((by, member)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removals, vec![(second_id, leaver.id())]);
+    until("the leaver learns it was removed", async || {
+        leaver
+            .events_since(0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.event, Event::RemovedMe { .. }))
+    })
+    .await;
+}
