@@ -278,7 +278,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     if let Command::Daemon { detach: true, .. } = &cli.command {
-        return match detach(&home).await {
+        return match detach(&home, cli.json).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -401,7 +401,7 @@ const DAEMON_LOG: &str = "daemon.log";
 
 /// `daemon --detach`: runs this program again without `--detach`, in its own process group
 /// with its output in the log, and returns once that daemon proves it is up.
-async fn detach(home: &Home) -> Result<(), String> {
+async fn detach(home: &Home, json: bool) -> Result<(), String> {
     if Client::connect(home).await.is_ok() {
         return Err(format!(
             "a daemon is already running for {}",
@@ -448,7 +448,7 @@ async fn detach(home: &Home) -> Result<(), String> {
         if let Ok(client) = Client::connect(home).await {
             out!("daemon running, pid {}; log: {}", child.id(), log.display());
             // Its first DHT bootstrap and catch-ups start now.
-            watch_long_work(&client).await;
+            watch_long_work(&client, json).await;
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -572,7 +572,7 @@ async fn command(cli: &Cli, home: &Home) -> Result<(), ClientError> {
         }
     }
     if starts_long_work(method) {
-        watch_long_work(&client).await;
+        watch_long_work(&client, cli.json).await;
     }
     Ok(())
 }
@@ -587,33 +587,48 @@ fn starts_long_work(method: &str) -> bool {
 /// to the daemon: a catch-up that waits for a member who is offline must not hold a terminal.
 const WATCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// On a terminal, shows the daemon's long work until it ends (or [`WATCH_LIMIT`]); elsewhere
-/// returns at once, so that scripts are not held. Ending the watch never stops the work.
-async fn watch_long_work(client: &Client) {
-    if !std::io::stderr().is_terminal() {
+/// How long a command waits for the work it started to show in the status: a catch-up
+/// shows once the first sync page is back, news once the mailbox answered, each after a
+/// dial that can take seconds on a slow network.
+const WORK_START_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// With a person at the terminal (stdout and stderr both a terminal, no `--json`), shows the
+/// daemon's long work until it ends, for at most [`WATCH_LIMIT`]; otherwise returns at once.
+/// Ctrl-C or the limit end only the watching, never the work.
+async fn watch_long_work(client: &Client, json: bool) {
+    if json || !std::io::stderr().is_terminal() || !std::io::stdout().is_terminal() {
         return;
     }
-    // The work may start a moment after the call that asked for it.
-    let started = tokio::time::Instant::now();
-    loop {
-        match client.call("status", json!({})).await {
-            Ok(status) if long_work(&status).is_some() => break,
-            Ok(_) if started.elapsed() < WORK_START_GRACE => tokio::time::sleep(WAIT_POLL).await,
-            _ => return,
+    let watch = async {
+        let started = tokio::time::Instant::now();
+        loop {
+            let status = client.call("status", json!({})).await?;
+            if long_work(&status).is_some() {
+                break;
+            }
+            if started.elapsed() >= WORK_START_GRACE {
+                eprint!("\r\x1b[2K");
+                return Ok(false);
+            }
+            eprint!("\r\x1b[2Kwaiting for the daemon to begin…");
+            tokio::time::sleep(WAIT_POLL).await;
         }
-    }
-    eprintln!("(Ctrl-C stops watching; the daemon goes on)");
-    match wait_for_long_work(client, Some(WATCH_LIMIT)).await {
-        Ok(_) => eprintln!("done"),
-        Err(ClientError::TimedOut(running)) => {
-            eprintln!("still running in the daemon: {running}; 'dspring status --wait' follows it")
+        wait_for_long_work(client, None).await.map(|_| true)
+    };
+    tokio::select! {
+        watched = tokio::time::timeout(WATCH_LIMIT, watch) => match watched {
+            Ok(Ok(true)) => eprintln!("\r\x1b[2Kdone"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => eprintln!("\r\x1b[2Kwatching the daemon's progress: {error}"),
+            Err(_) => eprintln!(
+                "\r\x1b[2Kstill running in the daemon; 'dspring status --wait' follows it"
+            ),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\r\x1b[2Kstopped watching; the daemon goes on");
         }
-        Err(error) => eprintln!("watching the daemon's progress: {error}"),
     }
 }
-
-/// How long a command waits for the long work it started to show in the status.
-const WORK_START_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often `status --wait` asks the daemon: often enough for a smooth count.
 const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
