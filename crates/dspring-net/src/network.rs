@@ -27,8 +27,11 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// Inbound requests awaiting the node's answer; beyond this, new ones are dropped (the peer
 /// times out and retries).
 pub const MAX_PENDING_INBOUND: usize = 4096;
-/// Connections with nothing to do close after this: idle groups keep no connections open.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections with nothing to do close after this: idle groups keep no connections open,
+/// and a DHT lookup's connections (dozens at a first bootstrap, ~140 KiB of buffers each)
+/// do not outlive it by long. Above gossipsub's 1 s heartbeat, so that a new peer can be
+/// grafted into a mesh (which then keeps the connection) before it closes.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// Peers the node asked to connect to and is still trying: each gets one DHT lookup when
 /// its known addresses fail. A node wants its groups' ring and a few members, so a few
 /// thousand covers many groups.
