@@ -27,15 +27,24 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// Inbound requests awaiting the node's answer; beyond this, new ones are dropped (the peer
 /// times out and retries).
 pub const MAX_PENDING_INBOUND: usize = 4096;
-/// Connections with nothing to do close after this: idle groups keep no connections open,
-/// and a DHT lookup's connections (dozens at a first bootstrap, ~140 KiB of buffers each)
-/// do not outlive it by long. Above gossipsub's 1 s heartbeat, so that a new peer can be
-/// grafted into a mesh (which then keeps the connection) before it closes.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections with nothing to do close after this: idle groups keep no connections open.
+/// 3 s was tried (2026-11-28): the warm-up's heap peak fell by 0.5 MiB per node, but
+/// connections closed between sync rounds were dialled again each round, and idle CPU grew by
+/// half (docs/PERFORMANCE.md).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers the node asked to connect to and is still trying: each gets one DHT lookup when
 /// its known addresses fail. A node wants its groups' ring and a few members, so a few
 /// thousand covers many groups.
 pub const MAX_WANTED: usize = 4096;
+/// The closest responding peers a lookup of a peer waits for. The peer is the closest to its
+/// own id, so a lookup that reached it is done; waiting for the 20 closest (libp2p-kad's
+/// default) made every lookup contact, and connect to, a large part of a small network.
+/// Three, as many as a step asks at once, so that one slow peer near the target does not end
+/// it early.
+const LOOKUP_RESULTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(3) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 /// Peers being looked up in the DHT to connect to them; beyond this, new requests wait for
 /// the next round (the node asks again).
 pub const MAX_LOOKUPS: usize = 256;
@@ -742,7 +751,10 @@ impl Task {
             *looked_up = true;
         }
         self.lookups.insert(peer);
-        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .get_n_closest_peers(peer, LOOKUP_RESULTS);
     }
 
     /// Handles one swarm event; `Err` when the node is gone.
