@@ -174,9 +174,6 @@ impl Store {
         &self.path
     }
 
-    /// Copies the write-ahead log into the database and truncates it. Until this runs, page
-    /// images of replaced rows (older group states) may remain in the `-wal` file; call it
-    /// when idle and before shutdown. SQLite also checkpoints by itself every 1000 pages.
     /// Whether the next commits wait for the disk (`synchronous = FULL`) or only for the
     /// write-ahead log (`NORMAL`: safe from a process crash, not from a power cut).
     pub(crate) fn set_syncing(&mut self, sync: bool) -> Result<(), StoreError> {
@@ -191,6 +188,9 @@ impl Store {
         Ok(())
     }
 
+    /// Copies the write-ahead log into the database and truncates it. Until this runs, page
+    /// images of replaced rows (older group states) may remain in the `-wal` file; call it
+    /// when idle and before shutdown. SQLite also checkpoints by itself every 1000 pages.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
