@@ -5,6 +5,8 @@
 //!
 //! Usage: `dspring-bench [--sizes 8,16,...] [--iterations N] [--quick] [--markdown]`
 
+#![forbid(unsafe_code)]
+
 #[cfg(feature = "compare")]
 mod compare;
 mod store;

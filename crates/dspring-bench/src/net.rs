@@ -13,6 +13,7 @@
 // Node and member indices come from ranges bounded by the checked options (nodes ≥ group + 2,
 // group ≥ 3), so indexing cannot go out of bounds here.
 #![allow(clippy::indexing_slicing)]
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -29,9 +30,10 @@ use rand_core::SeedableRng;
 
 mod lean;
 
-/// Counts the bytes the process's Rust code holds on the heap: unlike RSS, this falls again
-/// when connections close (glibc keeps freed pages mapped). SQLite's own allocations go
-/// around it (they are in RSS).
+/// Counts the bytes the process's Rust code holds on the heap: unlike RSS, this falls as soon
+/// as connections close (glibc keeps freed pages mapped until a node gives them back, at most
+/// every 10 s: dspring-node's `memory.rs`). SQLite's own allocations go around it (they are
+/// in RSS).
 #[global_allocator]
 static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
 

@@ -8,6 +8,8 @@
 //!
 //! Status: issue #4 (see `docs/NETWORK.md`).
 
+#![forbid(unsafe_code)]
+
 mod address_book;
 mod behaviour;
 pub mod identity;

@@ -157,6 +157,8 @@ struct Actor {
     internal: mpsc::Sender<Internal>,
     /// Peers connected now: the periodic sync asks those that share a group.
     connected: HashSet<PeerId>,
+    /// Returns the memory of closed connections to the system (see `memory`).
+    memory_release: crate::memory::MemoryRelease,
     /// The mailbox role, if this node serves it.
     mailbox: Option<MailboxConfig>,
     /// Mailbox role: peers on each served group's topic (where to sync from), and bytes held.
@@ -319,6 +321,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         live: live.clone(),
         internal,
         connected: HashSet::new(),
+        memory_release: crate::memory::MemoryRelease::default(),
         mailbox: config.mailbox.clone(),
         subscribers: HashMap::new(),
         mailbox_bytes: HashMap::new(),
@@ -434,6 +437,10 @@ impl Actor {
                         self.connect_group(group).await;
                     }
                     self.sync_round();
+                    if self.memory_release.take_due(std::time::Instant::now()) {
+                        // Off the worker threads: it walks the whole process's heap.
+                        tokio::task::spawn_blocking(crate::memory::release_free_memory);
+                    }
                 }
                 _ = welcome_retry.tick() => {
                     for member in self.store.members_awaiting_welcome().unwrap_or_default() {
@@ -1529,6 +1536,7 @@ impl Actor {
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
+                self.memory_release.connection_closed();
                 for subscribers in self.subscribers.values_mut() {
                     subscribers.remove(&peer);
                 }

@@ -53,6 +53,7 @@
 mod actor;
 mod card;
 mod content;
+mod memory;
 pub mod record;
 mod safety;
 
