@@ -244,15 +244,15 @@ fn latencies(
     latencies
 }
 
-async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::Traffic>, String> {
+async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::NetworkStatus>, String> {
     let mut out = Vec::with_capacity(nodes.len());
     for node in nodes {
-        out.push(node.traffic().await.map_err(|e| e.to_string())?);
+        out.push(node.network_status().await.map_err(|e| e.to_string())?);
     }
     Ok(out)
 }
 
-fn connections_per_node(traffic: &[dspring_net::Traffic]) -> f64 {
+fn connections_per_node(traffic: &[dspring_net::NetworkStatus]) -> f64 {
     let total: u64 = traffic.iter().map(|t| u64::from(t.connections)).sum();
     total as f64 / traffic.len().max(1) as f64
 }
@@ -400,11 +400,19 @@ async fn unicast(members: usize, messages: usize) -> Result<f64, String> {
         Ok(())
     };
     deliver(0).await?;
-    let before = sender.traffic().await.map_err(|e| e.to_string())?.sent;
+    let before = sender
+        .network_status()
+        .await
+        .map_err(|e| e.to_string())?
+        .sent;
     for round in 1..=messages {
         deliver(round).await?;
     }
-    let after = sender.traffic().await.map_err(|e| e.to_string())?.sent;
+    let after = sender
+        .network_status()
+        .await
+        .map_err(|e| e.to_string())?
+        .sent;
     Ok((after - before) as f64 / (messages * MESSAGE) as f64)
 }
 

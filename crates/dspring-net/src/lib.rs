@@ -21,5 +21,5 @@ pub mod wire;
 pub use behaviour::{MESH_N, MESH_N_HIGH, MESH_N_LOW, gossip_parameters};
 pub use network::{
     Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND, Network,
-    NetworkError, RecordCheck, Traffic, Verdict, spawn, traffic_from_metrics,
+    NetworkError, NetworkStatus, RecordCheck, Verdict, spawn, traffic_from_metrics,
 };

@@ -158,7 +158,7 @@ pub enum Command {
     Block(PeerId),
     Unblock(PeerId),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
-    Traffic(oneshot::Sender<Traffic>),
+    Status(oneshot::Sender<NetworkStatus>),
     /// Publish a record in the DHT (and keep it here) until `lifetime` has passed.
     PutRecord {
         key: Vec<u8>,
@@ -179,10 +179,11 @@ enum RecordQuery {
     Get(oneshot::Sender<Result<Vec<u8>, NetworkError>>),
 }
 
-/// Bytes carried by this node's connections since it started (application streams, before
-/// the multiplexer and encryption add their framing).
+/// What this node's network is doing: bytes carried by its connections since it started
+/// (application streams, before the multiplexer and encryption add their framing), its
+/// connections, meshes and DHT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Traffic {
+pub struct NetworkStatus {
     pub sent: u64,
     pub received: u64,
     /// Of `sent`: envelopes in this node's answers to sync requests (their bytes, without
@@ -364,8 +365,8 @@ impl Network {
         self.ask(|done| Command::PeerScore(peer, done)).await
     }
 
-    pub async fn traffic(&self) -> Result<Traffic, NetworkError> {
-        self.ask(Command::Traffic).await
+    pub async fn network_status(&self) -> Result<NetworkStatus, NetworkError> {
+        self.ask(Command::Status).await
     }
 
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetworkError> {
@@ -464,7 +465,7 @@ struct Task {
     wanted: HashMap<PeerId, bool>,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
-    /// Envelope bytes sent in sync answers (see [`Traffic::sync_sent`]).
+    /// Envelope bytes sent in sync answers (see [`NetworkStatus::sync_sent`]).
     sync_sent: u64,
     record_check: Option<RecordCheck>,
     record_queries: HashMap<kad::QueryId, RecordQuery>,
@@ -711,7 +712,7 @@ impl Task {
             Command::PeerScore(peer, done) => {
                 let _ = done.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
-            Command::Traffic(done) => {
+            Command::Status(done) => {
                 let behaviour = self.swarm.behaviour();
                 let mesh_peers = behaviour
                     .gossipsub
@@ -719,7 +720,7 @@ impl Task {
                     .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
                     .sum::<usize>();
                 let dht_peers = self.dht_peers();
-                let _ = done.send(Traffic {
+                let _ = done.send(NetworkStatus {
                     sync_sent: self.sync_sent,
                     connections: self
                         .swarm
@@ -989,12 +990,12 @@ impl Task {
 /// empty). They are only readable as the Prometheus text form, so this reads that:
 /// `libp2p_bandwidth_bytes_total{...direction="Outbound"} N`. Public for the network
 /// benchmark's bare-gossipsub baseline, which counts the same way.
-pub fn traffic_from_metrics(registry: &libp2p::metrics::Registry) -> Traffic {
+pub fn traffic_from_metrics(registry: &libp2p::metrics::Registry) -> NetworkStatus {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return Traffic::default();
+        return NetworkStatus::default();
     }
-    let mut out = Traffic::default();
+    let mut out = NetworkStatus::default();
     for line in text.lines() {
         if !line.starts_with("libp2p_bandwidth_bytes_total{") {
             continue;

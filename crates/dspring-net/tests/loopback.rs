@@ -123,10 +123,10 @@ async fn gossip_direct_and_sync_between_real_nodes() {
     }
 
     // The traffic counters saw the envelope go out of A and into B and C.
-    let sent = a.net.traffic().await.unwrap().sent;
+    let sent = a.net.network_status().await.unwrap().sent;
     assert!(sent >= 2 * envelope.len() as u64, "A sent {sent} bytes");
     for node in [&b, &c] {
-        let received = node.net.traffic().await.unwrap().received;
+        let received = node.net.network_status().await.unwrap().received;
         assert!(
             received >= envelope.len() as u64,
             "received {received} bytes"

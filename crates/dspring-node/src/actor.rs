@@ -603,8 +603,8 @@ impl Actor {
                     let _ = reply.send(result);
                 });
             }
-            Request::Traffic(reply) => {
-                let _ = reply.send(self.net.traffic().await.map_err(Into::into));
+            Request::NetworkStatus(reply) => {
+                let _ = reply.send(self.net.network_status().await.map_err(Into::into));
             }
             Request::Invitations(reply) => {
                 let _ = reply.send(self.store.invitations().map_err(Into::into));

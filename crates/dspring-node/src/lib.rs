@@ -64,7 +64,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use content::MAX_MESSAGE_BYTES;
-pub use dspring_net::Traffic;
+pub use dspring_net::NetworkStatus;
 /// The core's identifiers and events, as the node's API hands them out.
 pub use dspring_proto::{Event, GroupId, MemberId};
 pub use dspring_store::Invitation;
@@ -258,7 +258,7 @@ pub(crate) enum Request {
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
     Block(MemberId, bool, Reply<()>),
-    Traffic(Reply<dspring_net::Traffic>),
+    NetworkStatus(Reply<dspring_net::NetworkStatus>),
     DialAddresses(Reply<Vec<Multiaddr>>),
     Invitations(Reply<Vec<Invitation>>),
     AcceptInvitation(GroupId, Reply<()>),
@@ -505,9 +505,10 @@ impl Node {
         self.ask(|r| Request::Block(member, false, r)).await
     }
 
-    /// Bytes this node's connections carried since it started.
-    pub async fn traffic(&self) -> Result<dspring_net::Traffic, NodeError> {
-        self.ask(Request::Traffic).await
+    /// Bytes this node's connections carried since it started, its connections, gossip
+    /// meshes and DHT.
+    pub async fn network_status(&self) -> Result<dspring_net::NetworkStatus, NodeError> {
+        self.ask(Request::NetworkStatus).await
     }
 
     /// The addresses this node listens on, each ending in `/p2p/<peer id>`: what another

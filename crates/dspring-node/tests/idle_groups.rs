@@ -27,7 +27,7 @@ async fn start_quick_to_idle(dir: &std::path::Path) -> Node {
 }
 
 async fn connections(node: &Node) -> u32 {
-    node.traffic().await.unwrap().connections
+    node.network_status().await.unwrap().connections
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,6 @@ use dspring_node::{Event, GroupId, MemberId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Largest text a `send` carries: the core's plaintext bound less the node's content tag.
-pub const MAX_MESSAGE_BYTES: usize = dspring_node::MAX_MESSAGE_BYTES;
 /// Most messages one `read` returns.
 pub const MAX_READ: usize = 1000;
 /// Most events one page of `events` returns.
@@ -894,11 +892,14 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
         }
         "send" => {
             let p: Send = parse(params)?;
-            if p.text.len() > MAX_MESSAGE_BYTES {
+            if p.text.len() > dspring_node::MAX_MESSAGE_BYTES {
                 return Err(ApiError::new(
                     413,
                     "too_large",
-                    format!("a message is at most {MAX_MESSAGE_BYTES} bytes"),
+                    format!(
+                        "a message is at most {} bytes",
+                        dspring_node::MAX_MESSAGE_BYTES
+                    ),
                 ));
             }
             let id = resolve_group(node, &p.group).await?;
@@ -917,7 +918,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             bounded_page(p.after, limit, |after, n| node.events_since(after, n)).await
         }
         "status" => {
-            let traffic = node.traffic().await?;
+            let traffic = node.network_status().await?;
             let status = node.status().await?;
             let catching_up: Vec<Value> = status
                 .catching_up

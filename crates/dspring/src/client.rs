@@ -8,7 +8,7 @@ use crate::home::{Home, HomeError};
 
 /// Longest event line the client accepts from the daemon's stream: an event carries at most
 /// one message, JSON-escaped (a control character takes six bytes).
-const MAX_EVENT_LINE: usize = 6 * crate::api::MAX_MESSAGE_BYTES + 4096;
+const MAX_EVENT_LINE: usize = 6 * dspring_node::MAX_MESSAGE_BYTES + 4096;
 
 /// Largest answer to a proof request the client reads: ours is under 100 bytes.
 const MAX_PROOF_ANSWER: usize = 1024;

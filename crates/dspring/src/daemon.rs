@@ -44,7 +44,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Largest request body: a message at its bound, JSON-escaped (a control character takes six
 /// bytes), with room for the rest.
-pub const MAX_REQUEST_BYTES: usize = 6 * api::MAX_MESSAGE_BYTES + 4096;
+pub const MAX_REQUEST_BYTES: usize = 6 * dspring_node::MAX_MESSAGE_BYTES + 4096;
 
 #[derive(Clone)]
 struct App {

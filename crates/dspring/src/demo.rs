@@ -148,7 +148,7 @@ struct SentBytes(u64);
 
 impl SentBytes {
     async fn stop(&mut self, node: Node) -> Result<(), DemoError> {
-        self.0 += node.traffic().await?.sent;
+        self.0 += node.network_status().await?.sent;
         Ok(node.stop().await?)
     }
 }
@@ -426,9 +426,12 @@ pub async fn run() -> Result<(), DemoError> {
     )?;
     // It must really be on the network and receive the group's traffic, or its not reading
     // would mean nothing.
-    let received_before = thief.traffic().await?.received;
+    let received_before = thief.network_status().await?.received;
     until("the copy is connected to the group", async || {
-        thief.traffic().await.is_ok_and(|t| t.connections > 0)
+        thief
+            .network_status()
+            .await
+            .is_ok_and(|t| t.connections > 0)
     })
     .await?;
     let probe = "written while the copy is online";
@@ -440,7 +443,7 @@ pub async fn run() -> Result<(), DemoError> {
     .await?;
     until("the copy receives the group's traffic", async || {
         thief
-            .traffic()
+            .network_status()
             .await
             .is_ok_and(|t| t.received > received_before + probe.len() as u64)
     })

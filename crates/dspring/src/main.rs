@@ -508,7 +508,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), ClientError> {
             let text = if text == "-" {
                 let mut input = String::new();
                 std::io::stdin()
-                    .take(api::MAX_MESSAGE_BYTES as u64 + 1)
+                    .take(dspring_node::MAX_MESSAGE_BYTES as u64 + 1)
                     .read_to_string(&mut input)
                     .map_err(|e| ClientError::BadAnswer(format!("reading standard input: {e}")))?;
                 input
