@@ -208,7 +208,7 @@ async fn start(
                         let _ = swarm.behaviour_mut().publish(topic.clone(), data);
                     }
                     Some(Command::Status(reply)) => {
-                        let sent = dspring_net::traffic_from_metrics(&registry).sent;
+                        let sent = dspring_net::bandwidth_from_metrics(&registry).sent;
                         let mesh = swarm.behaviour().mesh_peers(&topic.hash()).count();
                         let _ = reply.send((sent, u32::try_from(mesh).unwrap_or(u32::MAX)));
                     }

@@ -20,6 +20,6 @@ pub mod wire;
 
 pub use behaviour::{MESH_N, MESH_N_HIGH, MESH_N_LOW, gossip_parameters};
 pub use network::{
-    Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND, Network,
-    NetworkError, NetworkStatus, RecordCheck, Verdict, spawn, traffic_from_metrics,
+    Bandwidth, Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND,
+    Network, NetworkError, NetworkStatus, RecordCheck, Verdict, bandwidth_from_metrics, spawn,
 };

@@ -720,7 +720,10 @@ impl Task {
                     .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
                     .sum::<usize>();
                 let dht_peers = self.dht_peers();
+                let bandwidth = bandwidth_from_metrics(&self.registry);
                 let _ = done.send(NetworkStatus {
+                    sent: bandwidth.sent,
+                    received: bandwidth.received,
                     sync_sent: self.sync_sent,
                     connections: self
                         .swarm
@@ -730,7 +733,6 @@ impl Task {
                     mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
                     dht_peers: u32::try_from(dht_peers).unwrap_or(u32::MAX),
                     bootstrapping: self.first_bootstrap.is_some(),
-                    ..traffic_from_metrics(&self.registry)
                 });
             }
             Command::ListenAddresses(done) => {
@@ -986,16 +988,23 @@ impl Task {
     }
 }
 
-/// Sums libp2p's bandwidth counters by direction (`sent`, `received`; the other fields stay
-/// empty). They are only readable as the Prometheus text form, so this reads that:
+/// Bytes sent and received on application streams, from libp2p's bandwidth counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    pub sent: u64,
+    pub received: u64,
+}
+
+/// Sums libp2p's bandwidth counters by direction. They are only readable as the Prometheus
+/// text form, so this reads that:
 /// `libp2p_bandwidth_bytes_total{...direction="Outbound"} N`. Public for the network
 /// benchmark's bare-gossipsub baseline, which counts the same way.
-pub fn traffic_from_metrics(registry: &libp2p::metrics::Registry) -> NetworkStatus {
+pub fn bandwidth_from_metrics(registry: &libp2p::metrics::Registry) -> Bandwidth {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return NetworkStatus::default();
+        return Bandwidth::default();
     }
-    let mut out = NetworkStatus::default();
+    let mut out = Bandwidth::default();
     for line in text.lines() {
         if !line.starts_with("libp2p_bandwidth_bytes_total{") {
             continue;
