@@ -47,8 +47,8 @@
 //! Status (issue #4): start/stop on a data directory, contact cards, groups (create, add,
 //! remove, update, send), gossip, direct welcomes, catch-up by sync, mailboxes (serving with
 //! [`NodeConfig::mailbox`], using with [`Node::use_mailbox`]), busy groups kept connected,
-//! members added by id from their signed DHT records ([`Node::lookup`]), events from a cursor.
-//! Not built: group names (see `docs/NETWORK.md`).
+//! members added by id from their signed DHT records ([`Node::lookup`]), group names
+//! ([`Node::rename`]), events from a cursor. What is not built yet: `docs/NETWORK.md`.
 
 mod actor;
 mod card;
