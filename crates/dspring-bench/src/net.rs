@@ -252,9 +252,9 @@ async fn upload(nodes: &[Node]) -> Result<Vec<dspring_net::NetworkStatus>, Strin
     Ok(out)
 }
 
-fn connections_per_node(traffic: &[dspring_net::NetworkStatus]) -> f64 {
-    let total: u64 = traffic.iter().map(|t| u64::from(t.connections)).sum();
-    total as f64 / traffic.len().max(1) as f64
+fn connections_per_node(statuses: &[dspring_net::NetworkStatus]) -> f64 {
+    let total: u64 = statuses.iter().map(|s| u64::from(s.connections)).sum();
+    total as f64 / statuses.len().max(1) as f64
 }
 
 /// What [`send_steadily`] sent: who sent each message and when the send began; how long

@@ -113,8 +113,8 @@ async fn nodes_that_share_no_card_find_each_other_through_a_bootstrap_node() {
         .unwrap();
     for node in [&a, &b] {
         until("the first bootstrap finishes", async || {
-            let traffic = node.network_status().await.unwrap();
-            !traffic.bootstrapping && traffic.dht_peers > 0
+            let network = node.network_status().await.unwrap();
+            !network.bootstrapping && network.dht_peers > 0
         })
         .await;
     }

@@ -918,7 +918,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             bounded_page(p.after, limit, |after, n| node.events_since(after, n)).await
         }
         "status" => {
-            let traffic = node.network_status().await?;
+            let network = node.network_status().await?;
             let status = node.status().await?;
             let catching_up: Vec<Value> = status
                 .catching_up
@@ -936,11 +936,11 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 "groups": node.groups().await?.len(),
                 "busy_groups": status.busy_groups,
                 "contacts": node.contacts().await?.len(),
-                "connections": traffic.connections,
-                "dht_peers": traffic.dht_peers,
-                "bootstrapping": traffic.bootstrapping,
-                "bytes_sent": traffic.sent,
-                "bytes_received": traffic.received,
+                "connections": network.connections,
+                "dht_peers": network.dht_peers,
+                "bootstrapping": network.bootstrapping,
+                "bytes_sent": network.sent,
+                "bytes_received": network.received,
                 "outbox": status.outbox,
                 "awaiting_welcome": status.awaiting_welcome,
                 "catching_up": catching_up,
