@@ -154,11 +154,30 @@ impl Behaviour {
             relay_client,
             relay_server: options
                 .relay_server
-                .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
+                .then(|| relay::Behaviour::new(peer_id, relay_server_config()))
                 .into(),
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
         })
+    }
+}
+
+/// How long one relayed connection may last. libp2p's default (2 minutes) is made for
+/// connections that hole punching soon replaces; a node behind NAT that punching cannot reach
+/// lives on relayed connections, and its groups' traffic should not be cut every 2 minutes.
+pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(30 * 60);
+/// How many bytes one relayed connection may carry (libp2p's default is 128 KiB, about a
+/// hundred messages): a busy group's half hour. With libp2p's 16 circuits at a time, a relay
+/// forwards at most 512 MiB per half hour.
+pub const RELAY_CIRCUIT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The relay server's limits: libp2p's defaults (reservations, circuits at a time and rate
+/// limits per peer and per IP) but for the length and size of one circuit.
+fn relay_server_config() -> relay::Config {
+    relay::Config {
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES,
+        ..relay::Config::default()
     }
 }
 

@@ -18,8 +18,11 @@ mod network;
 pub mod topic;
 pub mod wire;
 
-pub use behaviour::{MESH_N, MESH_N_HIGH, MESH_N_LOW, gossip_parameters};
+pub use behaviour::{
+    MESH_N, MESH_N_HIGH, MESH_N_LOW, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, gossip_parameters,
+};
 pub use network::{
     Bandwidth, Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND,
-    Network, NetworkError, NetworkStatus, RecordCheck, Verdict, bandwidth_from_metrics, spawn,
+    MAX_RELAYS, Network, NetworkError, NetworkStatus, RELAY_RETRY, RecordCheck, Verdict,
+    bandwidth_from_metrics, spawn,
 };

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use dspring_proto::GroupId;
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, kad, mdns, noise, tcp, yamux};
@@ -48,6 +50,13 @@ const LOOKUP_RESULTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new
 /// Peers being looked up in the DHT to connect to them; beyond this, new requests wait for
 /// the next round (the node asks again).
 pub const MAX_LOOKUPS: usize = 256;
+/// Relays a node listens through: one or two are what a node behind NAT needs, a few more
+/// cover relays that are down; each holds a reservation (a connection) open.
+pub const MAX_RELAYS: usize = 8;
+/// A relay reservation that failed or ended (the relay restarted, the connection broke) is
+/// asked for again after this: peers reach the node again within a minute, and a relay that
+/// is down costs one dial per half minute.
+pub const RELAY_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -56,8 +65,19 @@ pub struct Config {
     pub bootstrap: Vec<(PeerId, Multiaddr)>,
     /// Local network discovery (on by default).
     pub mdns: bool,
-    /// Act as a relay for peers behind NAT.
+    /// Addresses others reach this node at (a server's public address and fixed port),
+    /// confirmed at start. A relay serves only once it has one: libp2p's relay advertises
+    /// itself only with a confirmed external address, which AutoNAT gives only for global
+    /// addresses that peers dialled back.
+    pub external: Vec<Multiaddr>,
+    /// Act as a relay for peers behind NAT (see `external`).
     pub relay_server: bool,
+    /// Relays to listen through, each address ending in `/p2p/<relay's peer id>` (at most
+    /// [`MAX_RELAYS`]): the node holds a reservation at each, and its `…/p2p-circuit`
+    /// addresses (reported as [`Event::Listening`]) let peers that cannot dial it directly
+    /// (it is behind NAT or a firewall) reach it through the relay; DCUtR then tries to
+    /// turn such a connection into a direct one.
+    pub relays: Vec<Multiaddr>,
     /// Which DHT records this node stores for others: a record is kept only if this says yes
     /// (none are without it). The network does not know what records mean.
     pub record_check: Option<RecordCheck>,
@@ -82,7 +102,9 @@ impl Default for Config {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             mdns: true,
+            external: Vec::new(),
             relay_server: false,
+            relays: Vec::new(),
             record_check: None,
         }
     }
@@ -203,6 +225,8 @@ pub struct NetworkStatus {
 #[non_exhaustive]
 pub enum Event {
     Listening(Multiaddr),
+    /// An address the node no longer listens on (a relay reservation that ended).
+    NotListening(Multiaddr),
     Connected(PeerId),
     Disconnected(PeerId),
     /// A gossip message on a group's topic: answer with [`Command::Validate`].
@@ -242,6 +266,10 @@ pub enum Event {
 pub enum NetworkError {
     #[error("setting up the network: {0}")]
     Setup(String),
+    #[error("a relay address must end in /p2p/<peer id>: {0}")]
+    RelayAddress(Multiaddr),
+    #[error("at most {MAX_RELAYS} relays, {0} given")]
+    TooManyRelays(usize),
     #[error("publishing: {0}")]
     Publish(String),
     #[error("request failed: {0}")]
@@ -411,6 +439,21 @@ pub fn spawn(
     for (peer, address) in &config.bootstrap {
         swarm.behaviour_mut().kad.add_address(peer, address.clone());
     }
+    for address in &config.external {
+        swarm.add_external_address(address.clone());
+    }
+    if config.relays.len() > MAX_RELAYS {
+        return Err(NetworkError::TooManyRelays(config.relays.len()));
+    }
+    let mut relays = Relays::default();
+    for relay in &config.relays {
+        let Some(Protocol::P2p(peer)) = relay.iter().last() else {
+            return Err(NetworkError::RelayAddress(relay.clone()));
+        };
+        swarm.add_peer_address(peer, relay.clone());
+        // Listened on at the retry timer's first tick, at once.
+        relays.down.push(relay.clone().with(Protocol::P2pCircuit));
+    }
     // Later rounds are kad's own: periodically, and when the routing table gains a peer.
     let first_bootstrap = if config.bootstrap.is_empty() {
         None
@@ -436,6 +479,7 @@ pub fn spawn(
         record_check,
         record_queries: HashMap::new(),
         first_bootstrap,
+        relays,
     };
     tokio::spawn(task.run());
     Ok((
@@ -471,6 +515,40 @@ struct Task {
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// The first bootstrap query, until it finishes.
     first_bootstrap: Option<kad::QueryId>,
+    relays: Relays,
+}
+
+/// The relays this node listens through, and which of them hold a reservation now.
+#[derive(Default)]
+struct Relays {
+    /// Circuit addresses (`<relay>/p2p-circuit`) being listened on.
+    up: HashMap<ListenerId, Multiaddr>,
+    /// Circuit addresses to listen on at the next retry.
+    down: Vec<Multiaddr>,
+}
+
+impl Relays {
+    /// Asks every relay that is down for a reservation.
+    fn listen(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for circuit in std::mem::take(&mut self.down) {
+            match swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    self.up.insert(id, circuit);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, %circuit, "listening through a relay");
+                    self.down.push(circuit);
+                }
+            }
+        }
+    }
+
+    /// A listener closed: if it was a relay's, it is asked again at the next retry.
+    fn closed(&mut self, listener: ListenerId) {
+        if let Some(circuit) = self.up.remove(&listener) {
+            self.down.push(circuit);
+        }
+    }
 }
 
 impl Task {
@@ -549,8 +627,13 @@ impl<Request, Response> Exchange<Request, Response> {
 
 impl Task {
     async fn run(mut self) {
+        let mut relay_retry = tokio::time::interval(RELAY_RETRY);
+        relay_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = relay_retry.tick(), if !self.relays.down.is_empty() => {
+                    self.relays.listen(&mut self.swarm);
+                }
                 command = self.commands.recv() => match command {
                     Some(command) => self.command(command),
                     // Every handle is gone: the node has stopped.
@@ -764,6 +847,24 @@ impl Task {
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), ()> {
         let out = match event {
             SwarmEvent::NewListenAddr { address, .. } => Some(Event::Listening(address)),
+            SwarmEvent::ExpiredListenAddr { address, .. } => Some(Event::NotListening(address)),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                if let Err(error) = reason {
+                    tracing::debug!(%error, "a listener closed");
+                }
+                self.relays.closed(listener_id);
+                for address in addresses {
+                    self.events
+                        .send(Event::NotListening(address))
+                        .await
+                        .map_err(|_| ())?;
+                }
+                None
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,

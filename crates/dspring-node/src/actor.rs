@@ -243,10 +243,12 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             listen: config.listen.clone(),
             bootstrap,
             mdns: config.mdns,
+            relays: config.relays.clone(),
+            relay_server: config.relay_server,
+            external: config.external_addresses.clone(),
             record_check: Some(dspring_net::RecordCheck(std::sync::Arc::new(
                 |key, value| crate::record::check(key, value, now_ms()).is_some(),
             ))),
-            ..dspring_net::Config::default()
         },
     )?;
     let mut groups = HashMap::new();
@@ -1441,8 +1443,18 @@ impl Actor {
 
     async fn net_event(&mut self, event: NetEvent) {
         match event {
+            // Addresses change after start when a relay reservation begins or ends: the DHT
+            // record is refreshed at the next round, so that peers find the current ones.
             NetEvent::Listening(address) if !self.addresses.contains(&address) => {
                 self.addresses.push(address);
+                self.record_published = None;
+            }
+            NetEvent::NotListening(address) => {
+                let before = self.addresses.len();
+                self.addresses.retain(|a| *a != address);
+                if self.addresses.len() != before {
+                    self.record_published = None;
+                }
             }
             NetEvent::Gossip {
                 group,

@@ -64,7 +64,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use content::MAX_MESSAGE_BYTES;
-pub use dspring_net::NetworkStatus;
+pub use dspring_net::{MAX_RELAYS, NetworkStatus};
 /// The core's identifiers and events, as the node's API hands them out.
 pub use dspring_proto::{Event, GroupId, MemberId};
 pub use dspring_store::Invitation;
@@ -149,6 +149,17 @@ pub struct NodeConfig {
     /// node's [`Node::dial_addresses`]). Without any, the node finds peers by mDNS and from
     /// its contacts' cards only.
     pub bootstrap: Vec<Multiaddr>,
+    /// Relays to be reached through when peers cannot dial this node (behind NAT or a
+    /// firewall), each address ending in `/p2p/<peer id>` (a node running with
+    /// `relay_server`): the node reserves a slot at each, and its relayed addresses go on its
+    /// contact card and DHT record.
+    pub relays: Vec<Multiaddr>,
+    /// Relay connections for peers behind NAT (those that list this node in `relays`).
+    /// Serves only with an address in `external_addresses`.
+    pub relay_server: bool,
+    /// Addresses others reach this node at (a server's public IP and fixed port), as known
+    /// to whoever runs it; otherwise AutoNAT confirms global addresses that peers dialled back.
+    pub external_addresses: Vec<Multiaddr>,
 }
 
 /// Who can add this node to a group.
@@ -201,6 +212,9 @@ impl NodeConfig {
             idle_group_after: DEFAULT_IDLE_GROUP_AFTER,
             join_from: JoinFrom::Anyone,
             bootstrap: Vec::new(),
+            relays: Vec::new(),
+            relay_server: false,
+            external_addresses: Vec::new(),
         }
     }
 }

@@ -20,7 +20,7 @@ const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 pub const MAX_BOOTSTRAP: usize = 32;
 
 /// Whether `address` is a libp2p address naming its peer, as a bootstrap node must be.
-pub fn is_bootstrap_address(address: &str) -> bool {
+pub fn names_its_peer(address: &str) -> bool {
     address
         .parse::<dspring_node::Multiaddr>()
         .is_ok_and(|a| matches!(a.iter().last(), Some(dspring_node::Protocol::P2p(_))))
@@ -42,6 +42,16 @@ listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
 # change), each ending in /p2p/<peer id>: what `dspring id` prints as "dial" on a node
 # others can reach. Without any, the node finds peers by mDNS and from contact cards.
 bootstrap = []
+# Relays to be reached through when others cannot dial you (behind NAT or a firewall), each
+# ending in /p2p/<peer id>: nodes running with relay_server = true. Your relayed addresses
+# go on your contact card.
+relays = []
+# Relay connections for nodes behind NAT that list this node in their `relays`. A relay
+# serves only once it knows an address others reach it at: list it below.
+relay_server = false
+# Addresses others reach this node at, if you know them (a server's public IP and a fixed
+# listen port), e.g. "/ip4/203.0.113.7/tcp/4001".
+external_addresses = []
 # Find other nodes on the local network with mDNS.
 mdns = true
 # A group with no message for this many seconds leaves its gossip topic and keeps no
@@ -80,6 +90,9 @@ pub struct ApiSettings {
 pub struct NetworkSettings {
     pub listen: Vec<String>,
     pub bootstrap: Vec<String>,
+    pub relays: Vec<String>,
+    pub relay_server: bool,
+    pub external_addresses: Vec<String>,
     pub mdns: bool,
     pub idle_group_after_secs: u64,
     pub join_from: JoinFromSetting,
@@ -119,6 +132,9 @@ impl Default for Config {
                     "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
                 ],
                 bootstrap: Vec::new(),
+                relays: Vec::new(),
+                relay_server: false,
+                external_addresses: Vec::new(),
                 mdns: true,
                 idle_group_after_secs: dspring_node::DEFAULT_IDLE_GROUP_AFTER.as_secs(),
                 join_from: JoinFromSetting::Anyone,
@@ -204,10 +220,15 @@ impl Config {
                 MAX_SECONDS / 86_400
             ));
         }
-        for address in &config.network.listen {
-            address
-                .parse::<dspring_node::Multiaddr>()
-                .map_err(|_| format!("network.listen: not a libp2p address: {address:?}"))?;
+        for (key, addresses) in [
+            ("listen", &config.network.listen),
+            ("external_addresses", &config.network.external_addresses),
+        ] {
+            for address in addresses {
+                address
+                    .parse::<dspring_node::Multiaddr>()
+                    .map_err(|_| format!("network.{key}: not a libp2p address: {address:?}"))?;
+            }
         }
         if config.network.bootstrap.len() > MAX_BOOTSTRAP {
             return Err(format!(
@@ -215,10 +236,23 @@ impl Config {
             ));
         }
         for address in &config.network.bootstrap {
-            if !is_bootstrap_address(address) {
+            if !names_its_peer(address) {
                 return Err(format!(
                     "network.bootstrap: not a libp2p address ending in /p2p/<peer id>: \
                      {address:?}"
+                ));
+            }
+        }
+        if config.network.relays.len() > dspring_node::MAX_RELAYS {
+            return Err(format!(
+                "network.relays: at most {} addresses",
+                dspring_node::MAX_RELAYS
+            ));
+        }
+        for address in &config.network.relays {
+            if !names_its_peer(address) {
+                return Err(format!(
+                    "network.relays: not a libp2p address ending in /p2p/<peer id>: {address:?}"
                 ));
             }
         }
@@ -350,6 +384,22 @@ mod tests {
         let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
         let hub = format!("[network]\nbootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/{peer}\"]\n");
         assert_eq!(Config::parse(&hub).unwrap().network.bootstrap.len(), 1);
+        let relayed = format!(
+            "[network]\nrelays = [\"/ip4/10.0.0.1/tcp/4001/p2p/{peer}\"]\n\
+             external_addresses = [\"/ip4/203.0.113.7/tcp/4001\"]\nrelay_server = true\n"
+        );
+        let relayed = Config::parse(&relayed).unwrap().network;
+        assert_eq!(relayed.relays.len(), 1);
+        assert_eq!(relayed.external_addresses.len(), 1);
+        assert!(relayed.relay_server);
+        let too_many = format!(
+            "[network]\nrelays = [{}]\n",
+            vec![format!("\"/ip4/10.0.0.1/tcp/4001/p2p/{peer}\""); dspring_node::MAX_RELAYS + 1]
+                .join(", ")
+        );
+        assert!(Config::parse(&too_many).unwrap_err().contains("at most"));
+        let external = Config::parse("[network]\nexternal_addresses = [\"203.0.113.7\"]\n");
+        assert!(external.unwrap_err().contains("network.external_addresses"));
         assert!(config.mailbox.serve);
         assert_eq!(config.network, NetworkSettings::default());
         for bad in [
@@ -357,6 +407,7 @@ mod tests {
             "[api]\nport = 70000\n",
             "[network]\nlisten = [\"nonsense\"]\n",
             "[network]\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\n",
+            "[network]\nrelays = [\"/ip4/127.0.0.1/tcp/1\"]\n",
             "[network]\nidle_group_after_secs = 0\n",
             "[network]\njoin_from = \"friends\"\n",
             "[mailbox]\nretention_days = 99999999999\n",

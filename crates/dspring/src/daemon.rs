@@ -108,11 +108,24 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
         .iter()
         .chain(&options.bootstrap)
         .map(|a| {
-            if !crate::config::is_bootstrap_address(a) {
+            if !crate::config::names_its_peer(a) {
                 return Err(DaemonError::BadBootstrap(a.clone()));
             }
             a.parse().map_err(|_| DaemonError::BadBootstrap(a.clone()))
         })
+        .collect::<Result<_, _>>()?;
+    node.relays = config
+        .network
+        .relays
+        .iter()
+        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
+        .collect::<Result<_, _>>()?;
+    node.relay_server = config.network.relay_server;
+    node.external_addresses = config
+        .network
+        .external_addresses
+        .iter()
+        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
         .collect::<Result<_, _>>()?;
     node.mdns = config.network.mdns && !options.no_mdns;
     node.idle_group_after = config.idle_group_after();
