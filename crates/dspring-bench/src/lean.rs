@@ -39,26 +39,30 @@ pub(crate) struct LeanFigures {
     pub delivery: f64,
     pub sender_upload: f64,
     pub sender_mesh: u32,
+    /// Every node's upload in the one-sender phase, per recipient, in message sizes: the
+    /// duplicates a recipient is sent.
+    pub total_upload_per_recipient: f64,
     pub memory_per_node_mib: f64,
     pub heap_per_node_mib: f64,
     pub cpu_per_delivery_us: f64,
 }
 
 /// The one line `--lean-only` prints and the parent reads: `name=value` pairs.
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
     "p50_ms",
     "p90_ms",
     "p99_ms",
     "delivery",
     "sender_upload",
     "sender_mesh",
+    "total_upload_per_recipient",
     "memory_per_node_mib",
     "heap_per_node_mib",
     "cpu_per_delivery_us",
 ];
 
 impl LeanFigures {
-    fn values(&self) -> [f64; 9] {
+    fn values(&self) -> [f64; 10] {
         [
             self.p50_ms,
             self.p90_ms,
@@ -66,6 +70,7 @@ impl LeanFigures {
             self.delivery,
             self.sender_upload,
             f64::from(self.sender_mesh),
+            self.total_upload_per_recipient,
             self.memory_per_node_mib,
             self.heap_per_node_mib,
             self.cpu_per_delivery_us,
@@ -85,7 +90,7 @@ impl LeanFigures {
         let rest = line
             .strip_prefix("lean ")
             .ok_or_else(|| format!("not a baseline line: {line:?}"))?;
-        let mut values = [f64::NAN; 9];
+        let mut values = [f64::NAN; 10];
         for pair in rest.split_whitespace() {
             let (name, value) = pair
                 .split_once('=')
@@ -106,6 +111,7 @@ impl LeanFigures {
             delivery,
             sender_upload,
             mesh,
+            total,
             memory,
             heap,
             cpu,
@@ -117,6 +123,7 @@ impl LeanFigures {
             delivery,
             sender_upload,
             sender_mesh: mesh as u32,
+            total_upload_per_recipient: total,
             memory_per_node_mib: memory,
             heap_per_node_mib: heap,
             cpu_per_delivery_us: cpu,
@@ -314,11 +321,25 @@ pub(crate) async fn run(options: &Options) -> Result<LeanFigures, String> {
 
     let count = options.messages();
     let one = g..g + count;
-    let (sent_before, _) = status(&nodes[1]).await?;
+    let mut before = Vec::with_capacity(n);
+    for node in &nodes {
+        before.push(status(node).await?.0);
+    }
     publish_steadily(&nodes, &[1], one.clone(), options.rate).await?;
     drain(&arrivals, one, g).await;
-    let (sent_after, sender_mesh) = status(&nodes[1]).await?;
-    let sender_upload = (sent_after - sent_before) as f64 / (count * MESSAGE) as f64;
+    let mut total = 0;
+    let mut sender = (0, 0);
+    for (i, node) in nodes.iter().enumerate() {
+        let (sent, mesh) = status(node).await?;
+        total += sent - before[i];
+        if i == 1 {
+            sender = (sent - before[i], mesh);
+        }
+    }
+    let (sender_sent, sender_mesh) = sender;
+    let sent_bytes = (count * MESSAGE) as f64;
+    let sender_upload = sender_sent as f64 / sent_bytes;
+    let total_upload_per_recipient = total as f64 / (sent_bytes * (g - 1) as f64);
 
     let many = g + count..g + 2 * count;
     let cpu_before = cpu();
@@ -338,6 +359,7 @@ pub(crate) async fn run(options: &Options) -> Result<LeanFigures, String> {
         delivery: got as f64 / (count * (g - 1)) as f64,
         sender_upload,
         sender_mesh,
+        total_upload_per_recipient,
         memory_per_node_mib,
         heap_per_node_mib,
         cpu_per_delivery_us: cpu_used / got.max(1) as f64 * 1e6,
@@ -358,6 +380,7 @@ mod tests {
             delivery: 1.0,
             sender_upload: 6.75,
             sender_mesh: 6,
+            total_upload_per_recipient: 3.5,
             memory_per_node_mib: 0.8,
             heap_per_node_mib: 0.5,
             cpu_per_delivery_us: 300.0,

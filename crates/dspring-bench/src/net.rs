@@ -751,8 +751,8 @@ fn print_table(options: &Options, figures: &Figures, baseline: &lean::LeanFigure
         figures.unicast_sender_upload
     );
     println!(
-        "| total upload per recipient | {:.2} × | | | |",
-        figures.total_upload_per_recipient
+        "| total upload per recipient | {:.2} × | | {:.2} × | |",
+        figures.total_upload_per_recipient, baseline.total_upload_per_recipient
     );
     println!(
         "| memory per node (process RSS growth / nodes) | {:.2} MiB | ≤ 2 MiB | {:.2} MiB | 0.8 MiB |",
