@@ -80,6 +80,8 @@ pub fn gossip_parameters() -> gossipsub::ConfigBuilder {
 pub(crate) struct Options {
     pub mdns: bool,
     pub relay_server: bool,
+    /// Answer DHT queries (the node listens on some address).
+    pub dht_server: bool,
 }
 
 impl Behaviour {
@@ -114,8 +116,14 @@ impl Behaviour {
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Answer DHT queries even before AutoNAT confirms reachability: on loopback and LANs
-        // it never would, and the routing tables would stay empty.
-        kad.set_mode(Some(kad::Mode::Server));
+        // it never would, and the routing tables would stay empty. A node that listens on
+        // nothing (reached only through relays) is a client: as a server it would enter
+        // others' routing tables, and their queries would cross a relay or fail.
+        kad.set_mode(Some(if options.dht_server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
         let mdns = if options.mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)

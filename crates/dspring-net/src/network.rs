@@ -411,6 +411,7 @@ pub fn spawn(
     let options = Options {
         mdns: config.mdns,
         relay_server: config.relay_server,
+        dht_server: !config.listen.is_empty(),
     };
     let record_check = config.record_check.clone();
     let mut registry = libp2p::metrics::Registry::default();
