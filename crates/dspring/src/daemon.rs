@@ -90,6 +90,14 @@ pub struct Options {
     pub bootstrap: Vec<String>,
 }
 
+/// libp2p addresses from their text.
+fn addresses(texts: &[String]) -> Result<Vec<dspring_node::Multiaddr>, DaemonError> {
+    texts
+        .iter()
+        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
+        .collect()
+}
+
 /// The node's configuration from the settings file and the flags.
 fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeConfig, DaemonError> {
     let mut node = NodeConfig::new(home.node_dir());
@@ -98,10 +106,7 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
     } else {
         &options.listen
     };
-    node.listen = listen
-        .iter()
-        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
-        .collect::<Result<_, _>>()?;
+    node.listen = addresses(listen)?;
     node.bootstrap = config
         .network
         .bootstrap
@@ -114,19 +119,9 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
             a.parse().map_err(|_| DaemonError::BadBootstrap(a.clone()))
         })
         .collect::<Result<_, _>>()?;
-    node.relays = config
-        .network
-        .relays
-        .iter()
-        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
-        .collect::<Result<_, _>>()?;
+    node.relays = addresses(&config.network.relays)?;
     node.relay_server = config.network.relay_server;
-    node.external_addresses = config
-        .network
-        .external_addresses
-        .iter()
-        .map(|a| a.parse().map_err(|_| DaemonError::BadAddress(a.clone())))
-        .collect::<Result<_, _>>()?;
+    node.external_addresses = addresses(&config.network.external_addresses)?;
     node.mdns = config.network.mdns && !options.no_mdns;
     node.idle_group_after = config.idle_group_after();
     node.join_from = config.network.join_from.into();
