@@ -54,8 +54,8 @@ pub const MAX_LOOKUPS: usize = 256;
 /// cover relays that are down; each holds a reservation (a connection) open.
 pub const MAX_RELAYS: usize = 8;
 /// A relay reservation that failed or ended (the relay restarted, the connection broke) is
-/// asked for again after this: peers reach the node again within a minute, and a relay that
-/// is down costs one dial per half minute.
+/// asked for again at once, then at this interval until it holds: peers reach the node again
+/// within a minute, and a relay that is down costs one dial per half minute.
 pub const RELAY_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
