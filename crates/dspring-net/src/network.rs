@@ -266,7 +266,7 @@ pub enum Event {
 pub enum NetworkError {
     #[error("setting up the network: {0}")]
     Setup(String),
-    #[error("a relay address must end in /p2p/<peer id>: {0}")]
+    #[error("a relay address must end in /p2p/<another node's peer id>: {0}")]
     RelayAddress(Multiaddr),
     #[error("at most {MAX_RELAYS} relays, {0} given")]
     TooManyRelays(usize),
@@ -448,7 +448,12 @@ pub fn spawn(
     }
     let mut relays = Relays::default();
     for relay in &config.relays {
-        let Some(Protocol::P2p(peer)) = relay.iter().last() else {
+        // A node is not its own relay: it would dial itself every RELAY_RETRY.
+        let Some(Protocol::P2p(peer)) = relay
+            .iter()
+            .last()
+            .filter(|p| *p != Protocol::P2p(*swarm.local_peer_id()))
+        else {
             return Err(NetworkError::RelayAddress(relay.clone()));
         };
         swarm.add_peer_address(peer, relay.clone());

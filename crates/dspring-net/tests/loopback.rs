@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use dspring_net::wire::{DirectRequest, DirectResponse, Mark, SyncRequest, SyncResponse};
-use dspring_net::{Command, Config, Event, Network, Verdict, identity, spawn};
+use dspring_net::{Command, Config, Event, Network, NetworkError, Verdict, identity, spawn};
 use dspring_proto::{Device, GroupId};
 use libp2p::Multiaddr;
 use rand_chacha::ChaCha20Rng;
@@ -233,4 +233,44 @@ async fn rejected_gossip_costs_the_sender_its_score() {
     }
     let after = a.net.peer_score(b_id).await.unwrap().unwrap();
     assert!(after < -80.0, "three rejected envelopes leave B at {after}");
+}
+
+#[tokio::test]
+async fn relay_addresses_that_cannot_work_are_refused_at_start() {
+    let device = Device::generate(0, &mut ChaCha20Rng::seed_from_u64(40));
+    let other = Device::generate(0, &mut ChaCha20Rng::seed_from_u64(41));
+    let own_peer = identity::keypair(&device.identity)
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let other_peer = identity::keypair(&other.identity)
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let with_relays = |relays: Vec<String>| Config {
+        mdns: false,
+        relays: relays.iter().map(|r| r.parse().unwrap()).collect(),
+        ..Config::default()
+    };
+    let spawn_with = |relays: Vec<String>| {
+        spawn(
+            identity::keypair(&device.identity).unwrap(),
+            with_relays(relays),
+        )
+    };
+    let good = format!("/ip4/127.0.0.1/tcp/1/p2p/{other_peer}");
+    assert!(spawn_with(vec![good.clone()]).is_ok());
+    for bad in [
+        "/ip4/127.0.0.1/tcp/1".to_owned(),
+        format!("/ip4/127.0.0.1/tcp/1/p2p/{own_peer}"),
+    ] {
+        match spawn_with(vec![bad.clone()]) {
+            Err(NetworkError::RelayAddress(address)) => assert_eq!(address.to_string(), bad),
+            other => panic!("{bad} was not refused: {:?}", other.map(|_| ())),
+        }
+    }
+    match spawn_with(vec![good; dspring_net::MAX_RELAYS + 1]) {
+        Err(NetworkError::TooManyRelays(n)) => assert_eq!(n, dspring_net::MAX_RELAYS + 1),
+        other => panic!("too many relays were not refused: {:?}", other.map(|_| ())),
+    }
 }
