@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{fixed_address, has_all, start, until};
+use common::{fixed_address, has_all, start, until, until_within};
 use dspring_node::{ContactCard, Node, NodeConfig};
 
 async fn start_relay(dir: &Path, listen: &str) -> Node {
@@ -101,13 +101,11 @@ async fn a_node_behind_nat_is_reached_through_its_relay() {
     // The relay is back (same key, same port): the hidden node reserves again on its own.
     // It asks every `RELAY_RETRY` (30 s), so this may take up to that plus a reservation.
     let relay = start_relay(dirs[0].path(), &relay_address).await;
-    let deadline = tokio::time::Instant::now() + dspring_net::RELAY_RETRY + common::WAIT;
-    while card_addresses(&hidden).await.0.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out: the hidden node reserves again"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    until_within(
+        "the hidden node reserves again",
+        dspring_net::RELAY_RETRY + common::WAIT,
+        async || !card_addresses(&hidden).await.0.is_empty(),
+    )
+    .await;
     drop(relay);
 }

@@ -230,29 +230,16 @@ impl Config {
                     .map_err(|_| format!("network.{key}: not a libp2p address: {address:?}"))?;
             }
         }
-        if config.network.bootstrap.len() > MAX_BOOTSTRAP {
-            return Err(format!(
-                "network.bootstrap: at most {MAX_BOOTSTRAP} addresses"
-            ));
-        }
-        for address in &config.network.bootstrap {
-            if !names_its_peer(address) {
-                return Err(format!(
-                    "network.bootstrap: not a libp2p address ending in /p2p/<peer id>: \
-                     {address:?}"
-                ));
+        for (key, addresses, bound) in [
+            ("bootstrap", &config.network.bootstrap, MAX_BOOTSTRAP),
+            ("relays", &config.network.relays, dspring_node::MAX_RELAYS),
+        ] {
+            if addresses.len() > bound {
+                return Err(format!("network.{key}: at most {bound} addresses"));
             }
-        }
-        if config.network.relays.len() > dspring_node::MAX_RELAYS {
-            return Err(format!(
-                "network.relays: at most {} addresses",
-                dspring_node::MAX_RELAYS
-            ));
-        }
-        for address in &config.network.relays {
-            if !names_its_peer(address) {
+            if let Some(address) = addresses.iter().find(|a| !names_its_peer(a)) {
                 return Err(format!(
-                    "network.relays: not a libp2p address ending in /p2p/<peer id>: {address:?}"
+                    "network.{key}: not a libp2p address ending in /p2p/<peer id>: {address:?}"
                 ));
             }
         }

@@ -63,8 +63,13 @@ pub async fn texts(node: &Node, group: GroupId) -> Vec<String> {
         .collect()
 }
 
-pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn until(what: &str, check: impl AsyncFnMut() -> bool) {
+    until_within(what, WAIT, check).await;
+}
+
+/// [`until`] with a limit of its own, for what waits on a timer longer than [`WAIT`].
+pub async fn until_within(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
