@@ -1844,13 +1844,15 @@ impl Actor {
                     .store
                     .hold_invitation(&group, &adder, &envelope, now_ms())?
                 {
-                    dspring_store::Held::Kept => {
+                    dspring_store::Held::New(event) => {
                         tracing::info!(
                             adder = %short_hex(adder.as_bytes()),
                             "an invitation from someone who is not a contact: `invitation list`"
                         );
+                        let _ = self.live.send(event);
                         Ok(Welcomed::Held)
                     }
+                    dspring_store::Held::Kept => Ok(Welcomed::Held),
                     // Declined: the sender may stop offering it.
                     dspring_store::Held::Declined => Ok(Welcomed::Held),
                     _ => Err(NodeError::NoInvitation),

@@ -258,6 +258,9 @@ async fn a_contacts_only_node_holds_a_strangers_group_until_its_user_accepts() {
     config.mdns = false;
     config.join_from = dspring_node::JoinFrom::Contacts;
     let picky = dspring_node::Node::start(config).await.unwrap();
+    // A client following the event stream learns of the invitation without polling (the
+    // live path is tested through the daemon, in `cli.rs`).
+    let mut events = Box::pin(picky.events(0));
     introduce(&[&friend, &picky]).await;
     // The stranger has the picky node's card; the picky node does not have the stranger's.
     stranger
@@ -283,6 +286,28 @@ async fn a_contacts_only_node_holds_a_strangers_group_until_its_user_accepts() {
     assert_eq!((held[0].group, held[0].adder), (invited, stranger.id()));
     assert_eq!(picky.status().await.unwrap().invitations, 1);
     assert!(!picky.groups().await.unwrap().contains(&invited));
+    let is_invitation = |e: &dspring_node::NodeEvent| {
+        e.group == invited && e.event == Event::Invited { by: stranger.id() }
+    };
+    let live = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if is_invitation(&event) {
+                return Some(event.cursor);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let logged: Vec<u64> = picky
+        .events_since(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| is_invitation(e))
+        .map(|e| e.cursor)
+        .collect();
+    assert_eq!(logged, Vec::from_iter(live), "logged once, as shown live");
     stranger.send(invited, b"welcome aboard").await.unwrap();
 
     // Accepted: the picky node joins and catches up from the stranger.
@@ -294,6 +319,14 @@ async fn a_contacts_only_node_holds_a_strangers_group_until_its_user_accepts() {
             .contains(&"welcome aboard".to_owned())
     })
     .await;
+    // The invitation's event went with it; the group's own events say it was joined.
+    let after = picky.events_since(0, 1000).await.unwrap();
+    assert!(!after.iter().any(is_invitation));
+    assert!(
+        after
+            .iter()
+            .any(|e| e.group == invited && e.event == Event::Joined { by: stranger.id() })
+    );
     assert!(matches!(
         picky.accept_invitation(invited).await,
         Err(dspring_node::NodeError::NoInvitation)

@@ -112,6 +112,11 @@ pub enum Event {
         sender: ShortId,
         reason: String,
     },
+    /// A welcome from someone who is not a contact, held for the user to accept or decline.
+    /// The group core never produces this: the node logs it when it holds the welcome.
+    Invited {
+        by: MemberId,
+    },
 }
 
 /// An envelope to hand to the network.

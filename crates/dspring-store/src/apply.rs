@@ -77,6 +77,7 @@ pub(crate) fn event_kind(event: &Event) -> i64 {
         Event::RemovedMe { .. } => 6,
         Event::Unreadable { .. } => 7,
         Event::Rejected { .. } => 8,
+        Event::Invited { .. } => 9,
         _ => 255,
     }
 }

@@ -1,10 +1,12 @@
 //! Invitations: welcomes from people who are not contacts, held for the user to accept or
 //! decline when the node takes welcomes from contacts only.
 
-use dspring_proto::{GroupId, MemberId};
+use dspring_proto::{Event, GroupId, MemberId};
 use rusqlite::{OptionalExtension, params};
 
+use crate::apply::event_kind;
 use crate::error::StoreError;
+use crate::log::StoredEvent;
 use crate::mailbox::member_from;
 use crate::{Store, from_sql_int, group_id_from, to_sql_int};
 
@@ -24,10 +26,13 @@ pub struct Invitation {
 }
 
 /// What became of a welcome offered as an invitation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Held {
-    /// Held for the user (newly, or already).
+    /// Held for the user from now on; the [`Event::Invited`] logged with it, for the
+    /// application.
+    New(StoredEvent),
+    /// Held for the user already.
     Kept,
     /// The user declined this group's invitation before.
     Declined,
@@ -47,11 +52,11 @@ impl Store {
         now_ms: u64,
     ) -> Result<Held, StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
+        let inserted = tx.execute(
             "INSERT INTO invitations (group_id, adder, welcome, received_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(group_id) DO NOTHING",
             params![group.as_bytes(), adder.0, welcome, to_sql_int(now_ms)?],
-        )?;
+        )? > 0;
         // Oldest by arrival order (ids), not by clock: a clock set back must not evict the
         // newest.
         tx.execute(
@@ -64,6 +69,7 @@ impl Store {
                 SELECT id FROM invitations ORDER BY id DESC LIMIT -1 OFFSET ?1)",
             params![to_sql_int(MAX_INVITATIONS as u64)?],
         )?;
+        forget_events_of_gone_invitations(&tx)?;
         let declined: Option<bool> = tx
             .query_row(
                 "SELECT declined FROM invitations WHERE group_id = ?1",
@@ -71,12 +77,34 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
-        tx.commit()?;
-        Ok(match declined {
+        let held = match declined {
+            Some(false) if inserted => {
+                let event = Event::Invited { by: *adder };
+                let body = postcard::to_allocvec(&event)
+                    .map_err(|e| StoreError::invalid(format!("event does not serialize: {e}")))?;
+                tx.execute(
+                    "INSERT INTO events (group_id, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        group.as_bytes(),
+                        event_kind(&event),
+                        to_sql_int(now_ms)?,
+                        body
+                    ],
+                )?;
+                let cursor = from_sql_int(tx.last_insert_rowid(), "events", "cursor")?;
+                Held::New(StoredEvent {
+                    cursor,
+                    group: *group,
+                    at_ms: now_ms,
+                    event,
+                })
+            }
             Some(false) => Held::Kept,
             Some(true) => Held::Declined,
             None => Held::Evicted,
-        })
+        };
+        tx.commit()?;
+        Ok(held)
     }
 
     /// The invitations held and not declined, oldest first.
@@ -127,9 +155,23 @@ impl Store {
 
     /// Forgets a group's invitation, declined or not (the group was joined).
     pub fn forget_invitation(&mut self, group: &GroupId) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM invitations WHERE group_id = ?1")?
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached("DELETE FROM invitations WHERE group_id = ?1")?
             .execute([group.as_bytes()])?;
+        forget_events_of_gone_invitations(&tx)?;
+        tx.commit()?;
         Ok(())
     }
+}
+
+/// Deletes the events of invitations no longer held. A stranger can send any number of
+/// invitations, so their events are bounded as the invitations are: they go together (the
+/// cursors are not reused: the table is AUTOINCREMENT). A joined group has its own events.
+fn forget_events_of_gone_invitations(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "DELETE FROM events WHERE group_ref IS NULL
+         AND group_id NOT IN (SELECT group_id FROM invitations)",
+    )?
+    .execute([])?;
+    Ok(())
 }

@@ -323,8 +323,8 @@ impl Store {
     /// The event log after `cursor`, oldest first: what interfaces resume from.
     pub fn events_since(&self, cursor: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.read_events(
-            "SELECT e.cursor, g.group_id, e.at_ms, e.body FROM events e
-             JOIN groups g ON g.id = e.group_ref
+            "SELECT e.cursor, coalesce(g.group_id, e.group_id), e.at_ms, e.body FROM events e
+             LEFT JOIN groups g ON g.id = e.group_ref
              WHERE e.cursor > ?1 ORDER BY e.cursor LIMIT ?2",
             params![to_sql_int(cursor)?, page(limit)],
         )

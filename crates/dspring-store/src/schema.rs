@@ -249,6 +249,31 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (group_ref, member)
     ) WITHOUT ROWID;
     "#,
+    // 7: events of a group this node has no row for: an invitation held for the user (kind
+    // 9). Such an event names its group by `group_id`; every other by `group_ref`. The table
+    // is rebuilt with its cursors and its AUTOINCREMENT counter kept, so that no cursor a
+    // client holds is ever reused.
+    r#"
+    CREATE TABLE events_v7 (
+        cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+        group_ref INTEGER REFERENCES groups(id),
+        group_id BLOB,
+        kind INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        CHECK ((group_ref IS NULL) <> (group_id IS NULL))
+    );
+    INSERT INTO events_v7 (cursor, group_ref, kind, at_ms, body)
+        SELECT cursor, group_ref, kind, at_ms, body FROM events;
+    DELETE FROM sqlite_sequence WHERE name = 'events_v7';
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'events_v7', seq FROM sqlite_sequence WHERE name = 'events';
+    DROP TABLE events;
+    ALTER TABLE events_v7 RENAME TO events;
+    CREATE INDEX messages_by_group ON events(group_ref, cursor) WHERE kind IN (0, 1);
+    -- An invitation's events go when it does (`invitations.rs`): this finds them.
+    CREATE INDEX events_without_group ON events(group_id) WHERE group_ref IS NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -351,6 +376,58 @@ mod tests {
             .query_row("SELECT id FROM mailbox_envelopes", [], |r| r.get(0))
             .unwrap();
         assert_eq!(next, 8);
+    }
+
+    #[test]
+    fn the_events_rebuild_keeps_cursors_and_never_reuses_them() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for migration in &MIGRATIONS[..6] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute("INSERT INTO schema_version (version) VALUES (6)", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO groups (id, group_id, format_version, active, sealed_state)
+             VALUES (1, x'01', 2, 1, x'')",
+            [],
+        )
+        .unwrap();
+        for cursor in [3, 9] {
+            conn.execute(
+                "INSERT INTO events (cursor, group_ref, kind, at_ms, body) VALUES (?1, 1, 0, 5, x'02')",
+                [cursor],
+            )
+            .unwrap();
+        }
+        // The newest event deleted: its cursor must not come back after the rebuild.
+        conn.execute("DELETE FROM events WHERE cursor = 9", [])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        let kept: (i64, i64) = conn
+            .query_row("SELECT cursor, group_ref FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (3, 1));
+        conn.execute(
+            "INSERT INTO events (group_id, kind, at_ms, body) VALUES (x'02', 9, 6, x'03')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 10);
+        // An event names its group one way, never both nor neither.
+        for (group_ref, group_id) in [(Some(1), Some(vec![1u8])), (None, None)] {
+            assert!(
+                conn.execute(
+                    "INSERT INTO events (group_ref, group_id, kind, at_ms, body)
+                     VALUES (?1, ?2, 0, 7, x'04')",
+                    rusqlite::params![group_ref, group_id],
+                )
+                .is_err()
+            );
+        }
     }
 
     #[test]

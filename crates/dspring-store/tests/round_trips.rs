@@ -68,6 +68,7 @@ fn event() -> impl Strategy<Value = Event> {
             sender: ShortId(sender),
             reason
         }),
+        member().prop_map(|by| Event::Invited { by }),
     ]
 }
 

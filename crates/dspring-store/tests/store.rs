@@ -849,14 +849,34 @@ fn invitations_are_held_bounded_per_adder_and_in_all() {
     let mut store = open(dir.path());
     let stranger = MemberId([1; 32]);
     let group = |n: u8| GroupId([n; 32]);
-    let kept = store
+    let invited = |store: &Store| -> Vec<GroupId> {
+        store
+            .events_since(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.event, Event::Invited { .. }))
+            .map(|e| e.group)
+            .collect()
+    };
+    let Held::New(event) = store
         .hold_invitation(&group(10), &stranger, b"w10", 10)
-        .unwrap();
-    assert_eq!(kept, Held::Kept);
-    // The same welcome offered again is held once, as first received.
-    store
-        .hold_invitation(&group(10), &stranger, b"again", 99)
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a new invitation is logged");
+    };
+    assert_eq!(
+        (event.group, event.at_ms, &event.event),
+        (group(10), 10, &Event::Invited { by: stranger })
+    );
+    assert_eq!(store.events_since(0, 10).unwrap(), vec![event]);
+    // The same welcome offered again is held once, as first received, and logged once.
+    assert_eq!(
+        store
+            .hold_invitation(&group(10), &stranger, b"again", 99)
+            .unwrap(),
+        Held::Kept
+    );
+    assert_eq!(invited(&store), [group(10)]);
     assert_eq!(
         store.invitation(&group(10)).unwrap(),
         Some((stranger, b"w10".to_vec()))
@@ -870,6 +890,11 @@ fn invitations_are_held_bounded_per_adder_and_in_all() {
     let held = store.invitations().unwrap();
     assert_eq!(held.len(), MAX_INVITATIONS_PER_ADDER);
     assert!(held.iter().all(|i| i.group != group(10)), "the oldest went");
+    // Its event with it: a stranger's invitations cannot grow the event log.
+    assert_eq!(
+        invited(&store),
+        held.iter().map(|i| i.group).collect::<Vec<_>>()
+    );
     // Declined: not listed, and not listed again when offered again.
     assert!(store.decline_invitation(&group(11)).unwrap());
     assert!(!store.decline_invitation(&group(11)).unwrap());
@@ -897,13 +922,14 @@ fn invitations_are_held_bounded_per_adder_and_in_all() {
         group(100 + MAX_INVITATIONS as u8 + 4)
     );
     assert_eq!(held.first().unwrap().group, group(105));
-    // Forgotten (joined): gone; the rest is kept across a restart.
+    assert_eq!(invited(&store).len(), MAX_INVITATIONS);
+    // Forgotten (joined): gone, its event too; the rest is kept across a restart.
     store.forget_invitation(&held[0].group).unwrap();
+    assert!(!invited(&store).contains(&held[0].group));
     drop(store);
-    assert_eq!(
-        open(dir.path()).invitations().unwrap().len(),
-        MAX_INVITATIONS - 1
-    );
+    let store = open(dir.path());
+    assert_eq!(store.invitations().unwrap().len(), MAX_INVITATIONS - 1);
+    assert_eq!(invited(&store).len(), MAX_INVITATIONS - 1);
 }
 
 #[test]

@@ -174,6 +174,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "key_updated",
     "removed_me",
     "unreadable",
+    "invited",
     "other",
 ];
 
@@ -577,14 +578,37 @@ pub struct ApiEvent {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
-    Message { sender: String, text: String },
-    Sent { text: String },
-    Joined { by: String },
-    MemberAdded { by: String, member: String },
-    MemberRemoved { by: String, member: String },
-    KeyUpdated { member: String },
-    RemovedMe { by: String },
-    Unreadable { sender: String },
+    Message {
+        sender: String,
+        text: String,
+    },
+    Sent {
+        text: String,
+    },
+    Joined {
+        by: String,
+    },
+    MemberAdded {
+        by: String,
+        member: String,
+    },
+    MemberRemoved {
+        by: String,
+        member: String,
+    },
+    KeyUpdated {
+        member: String,
+    },
+    RemovedMe {
+        by: String,
+    },
+    Unreadable {
+        sender: String,
+    },
+    /// Someone who is not a contact added this node; `invitation accept` joins.
+    Invited {
+        by: String,
+    },
     Other,
 }
 
@@ -616,6 +640,7 @@ pub fn api_event(stored: &NodeEvent) -> ApiEvent {
         Event::Unreadable { sender, .. } => EventBody::Unreadable {
             sender: member_hex(sender),
         },
+        Event::Invited { by } => EventBody::Invited { by: member_hex(by) },
         _ => EventBody::Other,
     };
     ApiEvent {
@@ -984,6 +1009,7 @@ mod tests {
             EventBody::KeyUpdated { member: s() },
             EventBody::RemovedMe { by: s() },
             EventBody::Unreadable { sender: s() },
+            EventBody::Invited { by: s() },
             EventBody::Other,
         ];
         let kinds: Vec<String> = bodies
@@ -999,6 +1025,7 @@ mod tests {
                     | EventBody::KeyUpdated { .. }
                     | EventBody::RemovedMe { .. }
                     | EventBody::Unreadable { .. }
+                    | EventBody::Invited { .. }
                     | EventBody::Other => {}
                 }
                 serde_json::to_value(&body).unwrap()["kind"]

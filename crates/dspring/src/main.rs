@@ -756,6 +756,11 @@ fn describe_event(event: &Value) -> String {
             "{}: (a message this device may not read)",
             short(text_of(event, "sender"))
         ),
+        "invited" => format!(
+            "invited by {}, not a contact: `dspring invitation accept {}`",
+            short(text_of(event, "by")),
+            text_of(event, "group")
+        ),
         other => format!("({other})"),
     };
     format!("#{cursor} [{group}] {body}")

@@ -942,6 +942,52 @@ fn a_detached_daemon_answers_after_the_command_returns_and_reads_its_config() {
     );
 }
 
+/// A daemon that joins its contacts' groups only tells its user of a stranger's group as it
+/// happens, on the event stream, with the command that joins it.
+#[test]
+fn a_strangers_group_is_announced_on_the_event_stream_and_joined_on_accept() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    std::fs::write(
+        dirs[1].path().join("config.toml"),
+        "[network]\njoin_from = \"contacts\"\n",
+    )
+    .unwrap();
+    let stranger = Daemon::start(dirs[0].path());
+    let picky = Daemon::start(dirs[1].path());
+    let card = picky.ok(&["id"])["card"].as_str().unwrap().to_owned();
+    stranger.ok(&["contact", "add", &card, "--name", "picky"]);
+    // The picky user follows the events as a person reads them (not JSON).
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
+        .args(["--data-dir", dirs[1].path().to_str().unwrap(), "follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut follower);
+    let group = stranger.ok(&["group", "create", "hello", "--member", "picky"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let line = lines
+        .recv_timeout(WAIT)
+        .expect("the invitation is announced");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let stranger_id = stranger.ok(&["id"])["id"].as_str().unwrap().to_owned();
+    assert!(
+        line.contains(&format!("invited by {}", &stranger_id[..12]))
+            && line.ends_with(&format!("`dspring invitation accept {group}`")),
+        "{line}"
+    );
+    assert_eq!(picky.ok(&["group", "list"]), json!([]));
+    picky.ok(&["invitation", "accept", &group]);
+    stranger.ok(&["send", &group, "welcome"]);
+    until("the picky node reads the stranger's group", || {
+        texts(&picky, &group).contains(&"welcome".to_owned())
+    });
+    stranger.stop();
+    picky.stop();
+}
+
 #[test]
 fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
