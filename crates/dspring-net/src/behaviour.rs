@@ -80,8 +80,10 @@ pub fn gossip_parameters() -> gossipsub::ConfigBuilder {
 pub(crate) struct Options {
     pub mdns: bool,
     pub relay_server: bool,
-    /// Answer DHT queries (the node listens on some address).
-    pub dht_server: bool,
+    /// The DHT mode at start (`network::dht_mode`).
+    pub dht_mode: kad::Mode,
+    /// See `Config::probe_private_addresses`.
+    pub probe_private_addresses: bool,
 }
 
 impl Behaviour {
@@ -115,15 +117,9 @@ impl Behaviour {
         kad_config.set_kbucket_size(KBUCKET_SIZE);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-        // Answer DHT queries even before AutoNAT confirms reachability: on loopback and LANs
-        // it never would, and the routing tables would stay empty. A node that listens on
-        // nothing (reached only through relays) is a client: as a server it would enter
-        // others' routing tables, and their queries would cross a relay or fail.
-        kad.set_mode(Some(if options.dht_server {
-            kad::Mode::Server
-        } else {
-            kad::Mode::Client
-        }));
+        // Set, not left to kad: kad would serve only once an external address is confirmed,
+        // which on loopback and LANs never happens (see `network::dht_mode`).
+        kad.set_mode(Some(options.dht_mode));
         let mdns = if options.mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -165,7 +161,13 @@ impl Behaviour {
                 .then(|| relay::Behaviour::new(peer_id, relay_server_config()))
                 .into(),
             dcutr: dcutr::Behaviour::new(peer_id),
-            autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: !options.probe_private_addresses,
+                    ..autonat::Config::default()
+                },
+            ),
         })
     }
 }

@@ -11,7 +11,9 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, kad, mdns, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, identify, kad, mdns, noise, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address_book::MAX_PEER_ADDRESSES;
@@ -81,6 +83,10 @@ pub struct Config {
     /// Which DHT records this node stores for others: a record is kept only if this says yes
     /// (none are without it). The network does not know what records mean.
     pub record_check: Option<RecordCheck>,
+    /// Answer peers' reachability probes (AutoNAT) on private and loopback addresses too.
+    /// Off by default: on the internet a private address is not what others reach, so the
+    /// answer would mislead. For networks that live on one LAN, and for tests on loopback.
+    pub probe_private_addresses: bool,
 }
 
 /// Whether to store a DHT record: called with its key and value.
@@ -106,6 +112,7 @@ impl Default for Config {
             relay_server: false,
             relays: Vec::new(),
             record_check: None,
+            probe_private_addresses: false,
         }
     }
 }
@@ -204,7 +211,7 @@ enum RecordQuery {
 /// What this node's network is doing: bytes carried by its connections since it started
 /// (application streams, before the multiplexer and encryption add their framing), its
 /// connections, meshes and DHT.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetworkStatus {
     pub sent: u64,
     pub received: u64,
@@ -219,6 +226,46 @@ pub struct NetworkStatus {
     pub dht_peers: u32,
     /// The first DHT bootstrap from the configured peers has not finished yet.
     pub bootstrapping: bool,
+    /// Whether peers can dial this node, as their AutoNAT dial-backs found.
+    pub reachability: Reachability,
+}
+
+/// Whether peers can dial this node directly, as AutoNAT's probes found: peers dial the
+/// addresses the node reports (with the IP they see it at) and say whether that worked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reachability {
+    /// No verdict yet: no probe answered, or the node's addresses are private (see
+    /// [`Config::probe_private_addresses`]).
+    #[default]
+    Unknown,
+    /// Peers dialled it back at this address.
+    Public(Multiaddr),
+    /// Peers could not dial it back (NAT or firewall): it is reached only through relays
+    /// ([`Config::relays`]), and it answers no DHT queries.
+    Private,
+}
+
+impl From<&autonat::NatStatus> for Reachability {
+    fn from(status: &autonat::NatStatus) -> Self {
+        match status {
+            autonat::NatStatus::Public(address) => Self::Public(address.clone()),
+            autonat::NatStatus::Private => Self::Private,
+            autonat::NatStatus::Unknown => Self::Unknown,
+        }
+    }
+}
+
+/// The DHT mode: a server answers others' queries and enters their routing tables, so it
+/// must be dialable. One that listens on nothing is not; nor is one that peers found they
+/// cannot dial back. Before any verdict a listening node serves: on loopback and LANs
+/// AutoNAT gives none, and the routing tables would stay empty.
+fn dht_mode(listening: bool, reachability: &Reachability) -> kad::Mode {
+    if listening && *reachability != Reachability::Private {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }
 }
 
 #[derive(Debug)]
@@ -411,7 +458,8 @@ pub fn spawn(
     let options = Options {
         mdns: config.mdns,
         relay_server: config.relay_server,
-        dht_server: !config.listen.is_empty(),
+        dht_mode: dht_mode(!config.listen.is_empty(), &Reachability::Unknown),
+        probe_private_addresses: config.probe_private_addresses,
     };
     let record_check = config.record_check.clone();
     let mut registry = libp2p::metrics::Registry::default();
@@ -486,6 +534,7 @@ pub fn spawn(
         record_queries: HashMap::new(),
         first_bootstrap,
         relays,
+        listening: !config.listen.is_empty(),
     };
     tokio::spawn(task.run());
     Ok((
@@ -522,6 +571,8 @@ struct Task {
     /// The first bootstrap query, until it finishes.
     first_bootstrap: Option<kad::QueryId>,
     relays: Relays,
+    /// The node was configured to listen on some address (see [`dht_mode`]).
+    listening: bool,
 }
 
 /// The relays this node listens through, and which of them hold a reservation now.
@@ -534,6 +585,11 @@ struct Relays {
 }
 
 impl Relays {
+    /// No relay was configured.
+    fn is_empty(&self) -> bool {
+        self.up.is_empty() && self.down.is_empty()
+    }
+
     /// Asks every relay that is down for a reservation.
     fn listen(&mut self, swarm: &mut Swarm<Behaviour>) {
         for circuit in std::mem::take(&mut self.down) {
@@ -808,6 +864,7 @@ impl Task {
                     .topics()
                     .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
                     .sum::<usize>();
+                let reachability = Reachability::from(&behaviour.autonat.nat_status());
                 let dht_peers = self.dht_peers();
                 let bandwidth = bandwidth_from_metrics(&self.registry);
                 let _ = done.send(NetworkStatus {
@@ -822,6 +879,7 @@ impl Task {
                     mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
                     dht_peers: u32::try_from(dht_peers).unwrap_or(u32::MAX),
                     bootstrapping: self.first_bootstrap.is_some(),
+                    reachability,
                 });
             }
             Command::ListenAddresses(done) => {
@@ -1090,6 +1148,20 @@ impl Task {
                 }
                 None
             }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let reachability = Reachability::from(&new);
+                if reachability == Reachability::Private && self.relays.is_empty() {
+                    tracing::warn!(
+                        "peers cannot dial this node (NAT or firewall): name a relay \
+                         (`network.relays`) so that they reach it"
+                    );
+                } else {
+                    tracing::info!(?reachability, "reachability");
+                }
+                let mode = dht_mode(self.listening, &reachability);
+                self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+                None
+            }
             _ => None,
         }
     }
@@ -1126,4 +1198,20 @@ pub fn bandwidth_from_metrics(registry: &libp2p::metrics::Registry) -> Bandwidth
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listening_node_that_peers_can_dial_or_have_not_judged_serves_the_dht() {
+        let public = Reachability::Public(Multiaddr::empty());
+        assert_eq!(dht_mode(true, &Reachability::Unknown), kad::Mode::Server);
+        assert_eq!(dht_mode(true, &public), kad::Mode::Server);
+        assert_eq!(dht_mode(true, &Reachability::Private), kad::Mode::Client);
+        for reachability in [Reachability::Unknown, public, Reachability::Private] {
+            assert_eq!(dht_mode(false, &reachability), kad::Mode::Client);
+        }
+    }
 }

@@ -246,6 +246,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             relays: config.relays.clone(),
             relay_server: config.relay_server,
             external: config.external_addresses.clone(),
+            probe_private_addresses: config.probe_private_addresses,
             record_check: Some(dspring_net::RecordCheck(std::sync::Arc::new(
                 |key, value| crate::record::check(key, value, now_ms()).is_some(),
             ))),

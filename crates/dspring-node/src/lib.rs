@@ -64,7 +64,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use card::{CardError, ContactCard, MAX_CARD_MAILBOXES, MailboxRef};
 pub use content::MAX_MESSAGE_BYTES;
-pub use dspring_net::{MAX_RELAYS, NetworkStatus};
+pub use dspring_net::{MAX_RELAYS, NetworkStatus, Reachability};
 /// The core's identifiers and events, as the node's API hands them out.
 pub use dspring_proto::{Event, GroupId, MemberId};
 pub use dspring_store::Invitation;
@@ -160,6 +160,9 @@ pub struct NodeConfig {
     /// Addresses others reach this node at (a server's public IP and fixed port), as known
     /// to whoever runs it; otherwise AutoNAT confirms global addresses that peers dialled back.
     pub external_addresses: Vec<Multiaddr>,
+    /// Answer peers' reachability probes on private and loopback addresses too (for a
+    /// network that lives on one LAN); see [`NetworkStatus::reachability`].
+    pub probe_private_addresses: bool,
 }
 
 /// Who can add this node to a group.
@@ -215,6 +218,7 @@ impl NodeConfig {
             relays: Vec::new(),
             relay_server: false,
             external_addresses: Vec::new(),
+            probe_private_addresses: false,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::{fixed_address, has_all, start, until, until_within};
-use dspring_node::{ContactCard, Node, NodeConfig};
+use dspring_node::{ContactCard, Node, NodeConfig, Reachability};
 
 async fn start_relay(dir: &Path, listen: &str) -> Node {
     let mut config = NodeConfig::new(dir);
@@ -108,4 +108,47 @@ async fn a_node_behind_nat_is_reached_through_its_relay() {
     )
     .await;
     drop(relay);
+}
+
+/// AutoNAT first probes 15 s after start (libp2p's `boot_delay`); the answer comes at once.
+const FIRST_PROBE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Peers' dial-backs tell each node whether it can be dialled: the relay, which listens, can;
+/// the node behind it, which listens on nothing, cannot, and `status` says so. (Both answer
+/// probes on loopback addresses here; by default only global ones count.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_find_a_listening_node_reachable_and_one_behind_nat_not() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let relay_address = fixed_address();
+    let mut config = NodeConfig::new(dirs[0].path());
+    config.listen = vec![relay_address.parse().unwrap()];
+    config.mdns = false;
+    config.relay_server = true;
+    config.external_addresses = vec![relay_address.parse().unwrap()];
+    config.probe_private_addresses = true;
+    let relay = Node::start(config).await.unwrap();
+    let mut config = NodeConfig::new(dirs[1].path());
+    config.listen = Vec::new();
+    config.mdns = false;
+    config.relays = relay.dial_addresses().await.unwrap();
+    config.probe_private_addresses = true;
+    let hidden = Node::start(config).await.unwrap();
+    let reachability = async |node: &Node| node.network_status().await.unwrap().reachability;
+    assert_eq!(reachability(&hidden).await, Reachability::Unknown);
+
+    until_within(
+        "the hidden node learns that peers cannot dial it",
+        FIRST_PROBE + common::WAIT,
+        async || reachability(&hidden).await == Reachability::Private,
+    )
+    .await;
+    until_within(
+        "the relay learns that peers can dial it",
+        FIRST_PROBE + common::WAIT,
+        async || {
+            matches!(reachability(&relay).await,
+                Reachability::Public(address) if address.to_string().starts_with(&relay_address))
+        },
+    )
+    .await;
 }

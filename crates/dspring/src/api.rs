@@ -5,7 +5,7 @@
 use dspring_node::{
     Contact, ContactCard, Node, NodeError, NodeEvent, safety_number, same_safety_number,
 };
-use dspring_node::{Event, GroupId, MemberId};
+use dspring_node::{Event, GroupId, MemberId, Reachability};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -112,6 +112,18 @@ const STATUS: &[Field] = &[
     field("contacts", Ty::Integer, "Contacts."),
     field("connections", Ty::Integer, "Connections open now."),
     field("dht_peers", Ty::Integer, "Peers in the DHT routing table."),
+    field(
+        "reachability",
+        Ty::String,
+        "Whether peers can dial this node, as their dial-backs found (AutoNAT): \
+         `public`, `private` (behind NAT or a firewall: reached only through relays) or \
+         `unknown` (no verdict yet, or only private addresses).",
+    ),
+    field(
+        "public_address",
+        Ty::StringOrNull,
+        "The address peers dialled this node back at (null unless `public`).",
+    ),
     field(
         "bootstrapping",
         Ty::Boolean,
@@ -945,6 +957,11 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
         "status" => {
             let network = node.network_status().await?;
             let status = node.status().await?;
+            let (reachability, public_address) = match &network.reachability {
+                Reachability::Public(address) => ("public", Some(address.to_string())),
+                Reachability::Private => ("private", None),
+                _ => ("unknown", None),
+            };
             let catching_up: Vec<Value> = status
                 .catching_up
                 .iter()
@@ -963,6 +980,8 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 "contacts": node.contacts().await?.len(),
                 "connections": network.connections,
                 "dht_peers": network.dht_peers,
+                "reachability": reachability,
+                "public_address": public_address,
                 "bootstrapping": network.bootstrapping,
                 "bytes_sent": network.sent,
                 "bytes_received": network.received,

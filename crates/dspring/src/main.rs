@@ -729,6 +729,17 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+fn describe_reachability(status: &Value) -> String {
+    match text_of(status, "reachability") {
+        "public" => format!("yes, at {}", text_of(status, "public_address")),
+        "private" => "no: peers cannot dial this node (NAT or firewall); \
+                      name a relay in config.toml's `network.relays`"
+            .to_owned(),
+        _ => "not known (no peer has dialled this node back yet; LAN addresses get no answer)"
+            .to_owned(),
+    }
+}
+
 fn describe_event(event: &Value) -> String {
     let group = short(text_of(event, "group"));
     let cursor = event.get("cursor").and_then(Value::as_u64).unwrap_or(0);
@@ -877,6 +888,7 @@ fn print_human(method: &str, result: &Value) {
                 ""
             };
             out!("DHT peers:        {}{bootstrap}", number("dht_peers"));
+            out!("reachable:        {}", describe_reachability(result));
             out!(
                 "traffic:          {} sent, {} received",
                 bytes(number("bytes_sent")),
@@ -911,6 +923,16 @@ fn print_human(method: &str, result: &Value) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn reachability_says_where_or_what_to_do() {
+        let public = json!({"reachability": "public", "public_address": "/ip4/1.2.3.4/tcp/5"});
+        assert_eq!(describe_reachability(&public), "yes, at /ip4/1.2.3.4/tcp/5");
+        let private = json!({"reachability": "private", "public_address": null});
+        assert!(describe_reachability(&private).contains("name a relay"));
+        let unknown = json!({"reachability": "unknown", "public_address": null});
+        assert!(describe_reachability(&unknown).starts_with("not known"));
+    }
 
     #[test]
     fn long_work_names_what_runs_and_nothing_when_idle() {
