@@ -52,6 +52,9 @@ relay_server = false
 # Addresses others reach this node at, if you know them (a server's public IP and a fixed
 # listen port), e.g. "/ip4/203.0.113.7/tcp/4001".
 external_addresses = []
+# Answer other nodes' reachability checks (`dspring status` shows "reachable") on private
+# and LAN addresses too, not only on public ones: for a network that lives on one LAN.
+probe_private_addresses = false
 # Find other nodes on the local network with mDNS.
 mdns = true
 # A group with no message for this many seconds leaves its gossip topic and keeps no
@@ -93,6 +96,7 @@ pub struct NetworkSettings {
     pub relays: Vec<String>,
     pub relay_server: bool,
     pub external_addresses: Vec<String>,
+    pub probe_private_addresses: bool,
     pub mdns: bool,
     pub idle_group_after_secs: u64,
     pub join_from: JoinFromSetting,
@@ -135,6 +139,7 @@ impl Default for Config {
                 relays: Vec::new(),
                 relay_server: false,
                 external_addresses: Vec::new(),
+                probe_private_addresses: false,
                 mdns: true,
                 idle_group_after_secs: dspring_node::DEFAULT_IDLE_GROUP_AFTER.as_secs(),
                 join_from: JoinFromSetting::Anyone,
@@ -373,9 +378,11 @@ mod tests {
         assert_eq!(Config::parse(&hub).unwrap().network.bootstrap.len(), 1);
         let relayed = format!(
             "[network]\nrelays = [\"/ip4/10.0.0.1/tcp/4001/p2p/{peer}\"]\n\
-             external_addresses = [\"/ip4/203.0.113.7/tcp/4001\"]\nrelay_server = true\n"
+             external_addresses = [\"/ip4/203.0.113.7/tcp/4001\"]\nrelay_server = true\n\
+             probe_private_addresses = true\n"
         );
         let relayed = Config::parse(&relayed).unwrap().network;
+        assert!(relayed.probe_private_addresses);
         assert_eq!(relayed.relays.len(), 1);
         assert_eq!(relayed.external_addresses.len(), 1);
         assert!(relayed.relay_server);

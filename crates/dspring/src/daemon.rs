@@ -121,6 +121,7 @@ fn node_config(home: &Home, config: &Config, options: &Options) -> Result<NodeCo
         .collect::<Result<_, _>>()?;
     node.relays = addresses(&config.network.relays)?;
     node.relay_server = config.network.relay_server;
+    node.probe_private_addresses = config.network.probe_private_addresses;
     node.external_addresses = addresses(&config.network.external_addresses)?;
     node.mdns = config.network.mdns && !options.no_mdns;
     node.idle_group_after = config.idle_group_after();
