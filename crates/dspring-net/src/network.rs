@@ -455,10 +455,11 @@ pub fn spawn(
     config: Config,
 ) -> Result<(Network, mpsc::Receiver<Event>), NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let listening = !config.listen.is_empty();
     let options = Options {
         mdns: config.mdns,
         relay_server: config.relay_server,
-        dht_mode: dht_mode(!config.listen.is_empty(), &Reachability::Unknown),
+        dht_mode: dht_mode(listening, &Reachability::Unknown),
         probe_private_addresses: config.probe_private_addresses,
     };
     let record_check = config.record_check.clone();
@@ -534,7 +535,7 @@ pub fn spawn(
         record_queries: HashMap::new(),
         first_bootstrap,
         relays,
-        listening: !config.listen.is_empty(),
+        listening,
     };
     tokio::spawn(task.run());
     Ok((

@@ -1,7 +1,8 @@
 //! A node that nobody can dial (it listens on no address, as behind NAT) is reached through a
 //! relay: it reserves a slot at the relay, its contact card carries only the relayed address,
 //! and a group with it works both ways. When the relay goes away the address is withdrawn, and
-//! when the relay is back the node reserves again on its own.
+//! when the relay is back the node reserves again on its own. Peers' reachability probes find
+//! the relay dialable and the node behind it not.
 
 // Test code: a failed expectation is a test failure.
 #![allow(

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::at_rest::StoreKey;
 use crate::error::StoreError;
-use crate::{Store, now_ms, to_sql_int};
+use crate::{Store, from_sql_int, now_ms, to_sql_int};
 
 /// The longest group name kept, in bytes: a title, not a document (a peer's name message is
 /// checked against it before it reaches the store).
@@ -80,6 +80,38 @@ pub(crate) fn event_kind(event: &Event) -> i64 {
         Event::Invited { .. } => 9,
         _ => 255,
     }
+}
+
+/// How an event names its group: by its row, or by its id when the node has no row for it
+/// (a held invitation).
+pub(crate) enum EventGroup<'a> {
+    Row(i64),
+    Id(&'a GroupId),
+}
+
+/// Appends an event to the event log; its cursor.
+pub(crate) fn log_event(
+    tx: &rusqlite::Transaction<'_>,
+    group: EventGroup<'_>,
+    event: &Event,
+    at_ms: i64,
+) -> Result<u64, StoreError> {
+    let body = postcard::to_allocvec(event)
+        .map_err(|e| StoreError::invalid(format!("event does not serialize: {e}")))?;
+    let kind = event_kind(event);
+    match group {
+        EventGroup::Row(group_ref) => tx
+            .prepare_cached(
+                "INSERT INTO events (group_ref, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![group_ref, kind, at_ms, body])?,
+        EventGroup::Id(group) => tx
+            .prepare_cached(
+                "INSERT INTO events (group_id, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![group.as_bytes(), kind, at_ms, body])?,
+    };
+    Ok(from_sql_int(tx.last_insert_rowid(), "events", "cursor")?)
 }
 
 pub(crate) fn envelope_hash(bytes: &[u8]) -> [u8; 32] {
@@ -219,15 +251,8 @@ impl Store {
                 committed.new_envelopes += usize::from(new);
             }
             for event in &staged.events {
-                let body = postcard::to_allocvec(event)
-                    .map_err(|e| StoreError::invalid(format!("event does not serialize: {e}")))?;
-                tx.prepare_cached(
-                    "INSERT INTO events (group_ref, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![group_ref, event_kind(event), now, body])?;
-                committed
-                    .cursors
-                    .push(u64::try_from(tx.last_insert_rowid()).unwrap_or_default());
+                let cursor = log_event(&tx, EventGroup::Row(group_ref), event, now)?;
+                committed.cursors.push(cursor);
                 if let Event::MemberRemoved { member, .. } = event {
                     tx.prepare_cached(
                         "DELETE FROM leave_requests WHERE group_id = ?1 AND member = ?2",

@@ -4,7 +4,7 @@
 use dspring_proto::{Event, GroupId, MemberId};
 use rusqlite::{OptionalExtension, params};
 
-use crate::apply::event_kind;
+use crate::apply::{EventGroup, log_event};
 use crate::error::StoreError;
 use crate::log::StoredEvent;
 use crate::mailbox::member_from;
@@ -80,18 +80,7 @@ impl Store {
         let held = match declined {
             Some(false) if inserted => {
                 let event = Event::Invited { by: *adder };
-                let body = postcard::to_allocvec(&event)
-                    .map_err(|e| StoreError::invalid(format!("event does not serialize: {e}")))?;
-                tx.execute(
-                    "INSERT INTO events (group_id, kind, at_ms, body) VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        group.as_bytes(),
-                        event_kind(&event),
-                        to_sql_int(now_ms)?,
-                        body
-                    ],
-                )?;
-                let cursor = from_sql_int(tx.last_insert_rowid(), "events", "cursor")?;
+                let cursor = log_event(&tx, EventGroup::Id(group), &event, to_sql_int(now_ms)?)?;
                 Held::New(StoredEvent {
                     cursor,
                     group: *group,
