@@ -39,6 +39,9 @@ pub(crate) struct LeanFigures {
     pub delivery: f64,
     pub sender_upload: f64,
     pub sender_mesh: u32,
+    /// The members' mean mesh size and the largest, in the one-sender phase.
+    pub mean_mesh: f64,
+    pub max_mesh: u32,
     /// Every node's upload in the one-sender phase, per recipient, in message sizes: the
     /// duplicates a recipient is sent.
     pub total_upload_per_recipient: f64,
@@ -48,13 +51,15 @@ pub(crate) struct LeanFigures {
 }
 
 /// The one line `--lean-only` prints and the parent reads: `name=value` pairs.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 12] = [
     "p50_ms",
     "p90_ms",
     "p99_ms",
     "delivery",
     "sender_upload",
     "sender_mesh",
+    "mean_mesh",
+    "max_mesh",
     "total_upload_per_recipient",
     "memory_per_node_mib",
     "heap_per_node_mib",
@@ -62,7 +67,7 @@ const FIELDS: [&str; 10] = [
 ];
 
 impl LeanFigures {
-    fn values(&self) -> [f64; 10] {
+    fn values(&self) -> [f64; 12] {
         [
             self.p50_ms,
             self.p90_ms,
@@ -70,6 +75,8 @@ impl LeanFigures {
             self.delivery,
             self.sender_upload,
             f64::from(self.sender_mesh),
+            self.mean_mesh,
+            f64::from(self.max_mesh),
             self.total_upload_per_recipient,
             self.memory_per_node_mib,
             self.heap_per_node_mib,
@@ -90,7 +97,7 @@ impl LeanFigures {
         let rest = line
             .strip_prefix("lean ")
             .ok_or_else(|| format!("not a baseline line: {line:?}"))?;
-        let mut values = [f64::NAN; 10];
+        let mut values = [f64::NAN; 12];
         for pair in rest.split_whitespace() {
             let (name, value) = pair
                 .split_once('=')
@@ -111,6 +118,8 @@ impl LeanFigures {
             delivery,
             sender_upload,
             mesh,
+            mean_mesh,
+            max_mesh,
             total,
             memory,
             heap,
@@ -123,6 +132,8 @@ impl LeanFigures {
             delivery,
             sender_upload,
             sender_mesh: mesh as u32,
+            mean_mesh,
+            max_mesh: max_mesh as u32,
             total_upload_per_recipient: total,
             memory_per_node_mib: memory,
             heap_per_node_mib: heap,
@@ -329,13 +340,18 @@ pub(crate) async fn run(options: &Options) -> Result<LeanFigures, String> {
     drain(&arrivals, one, g).await;
     let mut total = 0;
     let mut sender = (0, 0);
+    let mut meshes = Vec::with_capacity(g);
     for (i, node) in nodes.iter().enumerate() {
         let (sent, mesh) = status(node).await?;
         total += sent - before[i];
         if i == 1 {
             sender = (sent - before[i], mesh);
         }
+        if i < g {
+            meshes.push(mesh);
+        }
     }
+    let (mean_mesh, max_mesh) = crate::mesh_spread(&meshes);
     let (sender_sent, sender_mesh) = sender;
     let sent_bytes = (count * MESSAGE) as f64;
     let sender_upload = sender_sent as f64 / sent_bytes;
@@ -359,6 +375,8 @@ pub(crate) async fn run(options: &Options) -> Result<LeanFigures, String> {
         delivery: got as f64 / (count * (g - 1)) as f64,
         sender_upload,
         sender_mesh,
+        mean_mesh,
+        max_mesh,
         total_upload_per_recipient,
         memory_per_node_mib,
         heap_per_node_mib,
@@ -380,6 +398,8 @@ mod tests {
             delivery: 1.0,
             sender_upload: 6.75,
             sender_mesh: 6,
+            mean_mesh: 7.25,
+            max_mesh: 11,
             total_upload_per_recipient: 3.5,
             memory_per_node_mib: 0.8,
             heap_per_node_mib: 0.5,

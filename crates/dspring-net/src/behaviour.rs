@@ -55,6 +55,15 @@ pub(crate) struct Behaviour {
     pub autonat: autonat::Behaviour,
 }
 
+/// Bytes this node's request-response protocols wrote (requests and answers), one count per
+/// protocol, shared with every connection's codec.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Written {
+    pub direct: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub sync: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub mailbox: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Our gossipsub parameters, without the node's validation step (which [`Behaviour::new`]
 /// adds). Public so that the network benchmark can run bare gossipsub with the same ones as
 /// its baseline.
@@ -78,6 +87,8 @@ pub fn gossip_parameters() -> gossipsub::ConfigBuilder {
 }
 
 pub(crate) struct Options {
+    /// Where the request-response codecs count the bytes they write.
+    pub written: Written,
     pub mdns: bool,
     pub relay_server: bool,
     /// The DHT mode at start (`network::dht_mode`).
@@ -140,17 +151,17 @@ impl Behaviour {
             kad,
             gossipsub: MeshKeepAlive(gossipsub),
             direct: request_response::Behaviour::with_codec(
-                Codec::default(),
+                Codec::counting(options.written.direct.clone()),
                 [(DIRECT_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_config.clone(),
             ),
             sync: request_response::Behaviour::with_codec(
-                Codec::default(),
+                Codec::counting(options.written.sync.clone()),
                 [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_config.clone(),
             ),
             mailbox: request_response::Behaviour::with_codec(
-                Codec::default(),
+                Codec::counting(options.written.mailbox.clone()),
                 [(MAILBOX_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_config,
             ),

@@ -23,6 +23,6 @@ pub use behaviour::{
 };
 pub use network::{
     Bandwidth, Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND,
-    MAX_RELAYS, Network, NetworkError, NetworkStatus, RELAY_RETRY, Reachability, RecordCheck,
-    Verdict, bandwidth_from_metrics, spawn,
+    MAX_RELAYS, Network, NetworkError, NetworkStatus, ProtocolSent, RELAY_RETRY, Reachability,
+    RecordCheck, Verdict, bandwidth_from_metrics, spawn,
 };

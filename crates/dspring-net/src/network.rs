@@ -1,6 +1,7 @@
 //! The task that owns the swarm: commands in, events out, both through bounded channels.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dspring_proto::GroupId;
@@ -215,9 +216,10 @@ enum RecordQuery {
 pub struct NetworkStatus {
     pub sent: u64,
     pub received: u64,
-    /// Of `sent`: envelopes in this node's answers to sync requests (their bytes, without
-    /// the page's framing). The rest is mostly gossip.
-    pub sync_sent: u64,
+    /// Of `sent`: what this node wrote on its own request-response protocols, requests and
+    /// answers (each message with its length prefix). The rest is gossip, the DHT, identify
+    /// and NAT traversal.
+    pub protocol_sent: ProtocolSent,
     /// Connections open now (each counted at both ends, once per end).
     pub connections: u32,
     /// Peers in this node's gossipsub meshes now, summed over its topics.
@@ -228,6 +230,17 @@ pub struct NetworkStatus {
     pub bootstrapping: bool,
     /// Whether peers can dial this node, as their AutoNAT dial-backs found.
     pub reachability: Reachability,
+}
+
+/// Bytes written per request-response protocol (see [`NetworkStatus::protocol_sent`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtocolSent {
+    /// Welcomes and envelopes to one peer.
+    pub direct: u64,
+    /// Sync requests and pages.
+    pub sync: u64,
+    /// Mailbox news requests and answers.
+    pub mailbox: u64,
 }
 
 /// Whether peers can dial this node directly, as AutoNAT's probes found: peers dial the
@@ -456,7 +469,9 @@ pub fn spawn(
 ) -> Result<(Network, mpsc::Receiver<Event>), NetworkError> {
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let listening = !config.listen.is_empty();
+    let written = crate::behaviour::Written::default();
     let options = Options {
+        written: written.clone(),
         mdns: config.mdns,
         relay_server: config.relay_server,
         dht_mode: dht_mode(listening, &Reachability::Unknown),
@@ -530,7 +545,7 @@ pub fn spawn(
         lookups: std::collections::HashSet::new(),
         wanted: HashMap::new(),
         registry,
-        sync_sent: 0,
+        written,
         record_check,
         record_queries: HashMap::new(),
         first_bootstrap,
@@ -565,8 +580,8 @@ struct Task {
     wanted: HashMap<PeerId, bool>,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
-    /// Envelope bytes sent in sync answers (see [`NetworkStatus::sync_sent`]).
-    sync_sent: u64,
+    /// Bytes written by the request-response codecs.
+    written: crate::behaviour::Written,
     record_check: Option<RecordCheck>,
     record_queries: HashMap<kad::QueryId, RecordQuery>,
     /// The first bootstrap query, until it finishes.
@@ -806,8 +821,6 @@ impl Task {
             }
             Command::AnswerSync { id, response } => {
                 if let Some(channel) = self.sync.inbound.remove(&id) {
-                    let bytes: usize = response.envelopes.iter().map(Vec::len).sum();
-                    self.sync_sent = self.sync_sent.saturating_add(bytes as u64);
                     let _ = behaviour.sync.send_response(channel, response);
                 }
             }
@@ -871,7 +884,11 @@ impl Task {
                 let _ = done.send(NetworkStatus {
                     sent: bandwidth.sent,
                     received: bandwidth.received,
-                    sync_sent: self.sync_sent,
+                    protocol_sent: ProtocolSent {
+                        direct: self.written.direct.load(Ordering::Relaxed),
+                        sync: self.written.sync.load(Ordering::Relaxed),
+                        mailbox: self.written.mailbox.load(Ordering::Relaxed),
+                    },
                     connections: self
                         .swarm
                         .network_info()

@@ -2,6 +2,8 @@
 //! A message over its protocol's bound is refused before it is read, and the stream dropped.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dspring_proto::GroupId;
 use dspring_proto::envelope::MAX_ENVELOPE_LEN;
@@ -242,25 +244,41 @@ async fn write_framed<T: Serialize, W: AsyncWrite + Unpin + Send>(
     io: &mut W,
     message: &T,
     max: usize,
+    written: &AtomicU64,
 ) -> io::Result<()> {
     let bytes = encode(message, max)?;
     io.write_all(&bytes).await?;
+    written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     io.close().await
 }
 
-/// The request-response codec of protocol `P`.
+/// The request-response codec of protocol `P`. Its clones (one per connection) share one
+/// count of the bytes they wrote, requests and answers.
 #[derive(Debug)]
-pub struct Codec<P>(std::marker::PhantomData<P>);
+pub struct Codec<P> {
+    written: Arc<AtomicU64>,
+    protocol: std::marker::PhantomData<P>,
+}
+
+impl<P> Codec<P> {
+    /// A codec that adds what it writes to `written`.
+    pub fn counting(written: Arc<AtomicU64>) -> Self {
+        Self {
+            written,
+            protocol: std::marker::PhantomData,
+        }
+    }
+}
 
 impl<P> Default for Codec<P> {
     fn default() -> Self {
-        Self(std::marker::PhantomData)
+        Self::counting(Arc::default())
     }
 }
 
 impl<P> Clone for Codec<P> {
     fn clone(&self) -> Self {
-        Self::default()
+        Self::counting(self.written.clone())
     }
 }
 
@@ -306,7 +324,7 @@ impl<P: Framed + Send + 'static> libp2p::request_response::Codec for Codec<P> {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_framed(io, &request, P::MAX_REQUEST).await
+        write_framed(io, &request, P::MAX_REQUEST, &self.written).await
     }
 
     async fn write_response<T>(
@@ -318,7 +336,7 @@ impl<P: Framed + Send + 'static> libp2p::request_response::Codec for Codec<P> {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_framed(io, &response, P::MAX_RESPONSE).await
+        write_framed(io, &response, P::MAX_RESPONSE, &self.written).await
     }
 }
 
@@ -374,6 +392,38 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(read, request);
+    }
+
+    #[test]
+    fn a_codec_and_its_clones_count_what_they_write_together() {
+        use libp2p::request_response::Codec as _;
+        let written = Arc::new(AtomicU64::new(0));
+        let mut codec = Codec::<Direct>::counting(written.clone());
+        let mut per_connection = codec.clone();
+        let request = DirectRequest {
+            group: GroupId([1; 32]),
+            envelope: vec![7; 100],
+        };
+        let expected = encode(&request, MAX_DIRECT_REQUEST).unwrap().len() as u64;
+        let mut out = futures::io::Cursor::new(Vec::new());
+        futures::executor::block_on(codec.write_request(
+            &DIRECT_PROTOCOL,
+            &mut out,
+            request.clone(),
+        ))
+        .unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), expected);
+        let mut out = futures::io::Cursor::new(Vec::new());
+        futures::executor::block_on(per_connection.write_response(
+            &DIRECT_PROTOCOL,
+            &mut out,
+            DirectResponse { accepted: true },
+        ))
+        .unwrap();
+        assert_eq!(
+            written.load(Ordering::Relaxed),
+            expected + out.into_inner().len() as u64
+        );
     }
 
     #[test]
