@@ -462,13 +462,13 @@ struct Figures {
     sender_mesh: u32,
     /// The members' mean mesh size and the largest, at the same time.
     mean_mesh: f64,
+    max_mesh: u32,
     /// The sender's upload over as long a time just before, when nobody wrote.
     sender_quiet_upload: f64,
     /// Of `sender_upload`: its sync, direct and mailbox requests and answers.
     sender_own_protocols: f64,
     /// How long the DHT took to settle after the first quiet seconds.
     settled_after_s: f64,
-    max_mesh: u32,
 }
 
 async fn run(options: &Options) -> Result<Figures, String> {
