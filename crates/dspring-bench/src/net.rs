@@ -580,10 +580,8 @@ async fn run(options: &Options) -> Result<Figures, String> {
     let sent_bytes = (count * MESSAGE) as f64;
     let sender_upload = (after[1].sent - before[1].sent) as f64 / sent_bytes;
     let sender_quiet_upload = (before[1].sent - quiet_before[1].sent) as f64 / sent_bytes;
-    let (mine, was) = (after[1].protocol_sent, before[1].protocol_sent);
     let sender_own_protocols =
-        (mine.direct + mine.sync + mine.mailbox - was.direct - was.sync - was.mailbox) as f64
-            / sent_bytes;
+        (after[1].protocol_sent.total() - before[1].protocol_sent.total()) as f64 / sent_bytes;
     let total: u64 = after
         .iter()
         .zip(&before)

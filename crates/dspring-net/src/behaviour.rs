@@ -64,6 +64,19 @@ pub(crate) struct Written {
     pub mailbox: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Written {
+    /// The counts now.
+    pub fn read(&self) -> crate::ProtocolSent {
+        let load =
+            |count: &std::sync::atomic::AtomicU64| count.load(std::sync::atomic::Ordering::Relaxed);
+        crate::ProtocolSent {
+            direct: load(&self.direct),
+            sync: load(&self.sync),
+            mailbox: load(&self.mailbox),
+        }
+    }
+}
+
 /// Our gossipsub parameters, without the node's validation step (which [`Behaviour::new`]
 /// adds). Public so that the network benchmark can run bare gossipsub with the same ones as
 /// its baseline.

@@ -1,7 +1,6 @@
 //! The task that owns the swarm: commands in, events out, both through bounded channels.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dspring_proto::GroupId;
@@ -241,6 +240,13 @@ pub struct ProtocolSent {
     pub sync: u64,
     /// Mailbox news requests and answers.
     pub mailbox: u64,
+}
+
+impl ProtocolSent {
+    /// All three protocols together.
+    pub fn total(&self) -> u64 {
+        self.direct + self.sync + self.mailbox
+    }
 }
 
 /// Whether peers can dial this node directly, as AutoNAT's probes found: peers dial the
@@ -884,11 +890,7 @@ impl Task {
                 let _ = done.send(NetworkStatus {
                     sent: bandwidth.sent,
                     received: bandwidth.received,
-                    protocol_sent: ProtocolSent {
-                        direct: self.written.direct.load(Ordering::Relaxed),
-                        sync: self.written.sync.load(Ordering::Relaxed),
-                        mailbox: self.written.mailbox.load(Ordering::Relaxed),
-                    },
+                    protocol_sent: self.written.read(),
                     connections: self
                         .swarm
                         .network_info()

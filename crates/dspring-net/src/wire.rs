@@ -406,12 +406,8 @@ mod tests {
         };
         let expected = encode(&request, MAX_DIRECT_REQUEST).unwrap().len() as u64;
         let mut out = futures::io::Cursor::new(Vec::new());
-        futures::executor::block_on(codec.write_request(
-            &DIRECT_PROTOCOL,
-            &mut out,
-            request.clone(),
-        ))
-        .unwrap();
+        futures::executor::block_on(codec.write_request(&DIRECT_PROTOCOL, &mut out, request))
+            .unwrap();
         assert_eq!(written.load(Ordering::Relaxed), expected);
         let mut out = futures::io::Cursor::new(Vec::new());
         futures::executor::block_on(per_connection.write_response(
