@@ -52,6 +52,8 @@ pub(crate) struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    /// Closes a peer's relayed connections once a direct one is up.
+    pub direct_over_relay: crate::direct_over_relay::DirectOverRelay,
     pub autonat: autonat::Behaviour,
 }
 
@@ -185,6 +187,7 @@ impl Behaviour {
                 .then(|| relay::Behaviour::new(peer_id, relay_server_config()))
                 .into(),
             dcutr: dcutr::Behaviour::new(peer_id),
+            direct_over_relay: crate::direct_over_relay::DirectOverRelay::default(),
             autonat: autonat::Behaviour::new(
                 peer_id,
                 autonat::Config {

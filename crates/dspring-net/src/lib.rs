@@ -12,6 +12,7 @@
 
 mod address_book;
 mod behaviour;
+mod direct_over_relay;
 pub mod identity;
 mod mesh_keep_alive;
 mod network;
@@ -21,6 +22,7 @@ pub mod wire;
 pub use behaviour::{
     MESH_N, MESH_N_HIGH, MESH_N_LOW, RELAY_CIRCUIT_BYTES, RELAY_CIRCUIT_DURATION, gossip_parameters,
 };
+pub use direct_over_relay::RELAYED_OVERLAP;
 pub use network::{
     Bandwidth, Command, Config, EVENT_QUEUE, Event, InboundId, MAX_LOOKUPS, MAX_PENDING_INBOUND,
     MAX_RELAYS, Network, NetworkError, NetworkStatus, ProtocolSent, RELAY_RETRY, Reachability,

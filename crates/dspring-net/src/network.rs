@@ -12,7 +12,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, identify, kad, mdns, noise, tcp, yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, autonat, dcutr, identify, kad, mdns, noise, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -221,6 +221,9 @@ pub struct NetworkStatus {
     pub protocol_sent: ProtocolSent,
     /// Connections open now (each counted at both ends, once per end).
     pub connections: u32,
+    /// Of `connections`: those through a relay. Hole punching replaces them with direct
+    /// ones where both NATs allow it (`RELAYED_OVERLAP` after the direct one is up).
+    pub relayed_connections: u32,
     /// Peers in this node's gossipsub meshes now, summed over its topics.
     pub mesh_peers: u32,
     /// Peers in this node's DHT routing table.
@@ -633,6 +636,33 @@ impl Relays {
             self.down.push(circuit);
         }
     }
+
+    /// A connection to `peer` is up: if it is a relay that holds no reservation of ours, ask
+    /// it now rather than at the next retry. The first request usually fails when the relay
+    /// is also a bootstrap node: the relay client's own dial is refused while the
+    /// bootstrap's dial to the same peer is under way, and the listener closes at once.
+    fn connected(&mut self, peer: PeerId, swarm: &mut Swarm<Behaviour>) {
+        if self
+            .down
+            .iter()
+            .any(|circuit| relay_of(circuit) == Some(peer))
+        {
+            self.listen(swarm);
+        }
+    }
+}
+
+/// The relay's peer id in a circuit address `…/p2p/<relay>/p2p-circuit`.
+fn relay_of(circuit: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for protocol in circuit.iter() {
+        match protocol {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Task {
@@ -885,6 +915,7 @@ impl Task {
                     .map(|topic| behaviour.gossipsub.mesh_peers(topic).count())
                     .sum::<usize>();
                 let reachability = Reachability::from(&behaviour.autonat.nat_status());
+                let relayed = behaviour.direct_over_relay.relayed();
                 let dht_peers = self.dht_peers();
                 let bandwidth = bandwidth_from_metrics(&self.registry);
                 let _ = done.send(NetworkStatus {
@@ -896,6 +927,7 @@ impl Task {
                         .network_info()
                         .connection_counters()
                         .num_established(),
+                    relayed_connections: u32::try_from(relayed).unwrap_or(u32::MAX),
                     mesh_peers: u32::try_from(mesh_peers).unwrap_or(u32::MAX),
                     dht_peers: u32::try_from(dht_peers).unwrap_or(u32::MAX),
                     bootstrapping: self.first_bootstrap.is_some(),
@@ -955,6 +987,7 @@ impl Task {
                 ..
             } if num_established.get() == 1 => {
                 self.wanted.remove(&peer_id);
+                self.relays.connected(peer_id, &mut self.swarm);
                 Some(Event::Connected(peer_id))
             }
             SwarmEvent::OutgoingConnectionError {
@@ -1182,6 +1215,20 @@ impl Task {
                 self.swarm.behaviour_mut().kad.set_mode(Some(mode));
                 None
             }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                match result {
+                    Ok(_) => {
+                        tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection")
+                    }
+                    Err(error) => {
+                        tracing::debug!(peer = %remote_peer_id, %error, "hole punching failed")
+                    }
+                }
+                None
+            }
             _ => None,
         }
     }
@@ -1233,5 +1280,24 @@ mod tests {
         for reachability in [Reachability::Unknown, public, Reachability::Private] {
             assert_eq!(dht_mode(false, &reachability), kad::Mode::Client);
         }
+    }
+
+    #[test]
+    fn the_relay_of_a_circuit_is_the_peer_before_p2p_circuit() {
+        let relay = PeerId::random();
+        let node = PeerId::random();
+        let circuit: Multiaddr =
+            format!("/ip4/198.18.0.1/udp/4001/quic-v1/p2p/{relay}/p2p-circuit")
+                .parse()
+                .unwrap();
+        assert_eq!(relay_of(&circuit), Some(relay));
+        assert_eq!(
+            relay_of(&circuit.clone().with(Protocol::P2p(node))),
+            Some(relay)
+        );
+        let direct: Multiaddr = format!("/ip4/198.18.0.1/tcp/4001/p2p/{relay}")
+            .parse()
+            .unwrap();
+        assert_eq!(relay_of(&direct), None);
     }
 }

@@ -624,11 +624,17 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Request::DialAddresses(reply) => {
-                let peer = libp2p::multiaddr::Protocol::P2p(self.net.local_peer_id);
+                // A relayed listen address already ends in our id; `with_p2p` adds it only
+                // where it is missing.
                 let addresses = self
                     .addresses
                     .iter()
-                    .map(|address| address.clone().with(peer.clone()))
+                    .map(|address| {
+                        address
+                            .clone()
+                            .with_p2p(self.net.local_peer_id)
+                            .unwrap_or_else(|other| other)
+                    })
                     .collect();
                 let _ = reply.send(Ok(addresses));
             }

@@ -61,6 +61,21 @@ async fn a_node_behind_nat_is_reached_through_its_relay() {
     .await;
     let (relayed, direct) = card_addresses(&hidden).await;
     assert!(direct.is_empty(), "it listens on nothing: {direct:?}");
+    // What `dspring id` prints to dial: a relayed address ends in the node's id once.
+    for address in hidden.dial_addresses().await.unwrap() {
+        let protocols: Vec<_> = address.iter().collect();
+        assert!(
+            !matches!(
+                protocols.as_slice(),
+                [
+                    ..,
+                    libp2p::multiaddr::Protocol::P2p(_),
+                    libp2p::multiaddr::Protocol::P2p(_)
+                ]
+            ),
+            "{address}"
+        );
+    }
     assert!(
         relayed[0].starts_with(&relay_dial[0].to_string()),
         "{relayed:?} is not through {relay_dial:?}"

@@ -111,6 +111,12 @@ const STATUS: &[Field] = &[
     ),
     field("contacts", Ty::Integer, "Contacts."),
     field("connections", Ty::Integer, "Connections open now."),
+    field(
+        "relayed_connections",
+        Ty::Integer,
+        "Of `connections`: those through a relay. Hole punching replaces one with a direct \
+         connection where both sides' NATs allow it.",
+    ),
     field("dht_peers", Ty::Integer, "Peers in the DHT routing table."),
     field(
         "reachability",
@@ -979,6 +985,7 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                 "busy_groups": status.busy_groups,
                 "contacts": node.contacts().await?.len(),
                 "connections": network.connections,
+                "relayed_connections": network.relayed_connections,
                 "dht_peers": network.dht_peers,
                 "reachability": reachability,
                 "public_address": public_address,

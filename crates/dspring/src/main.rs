@@ -881,7 +881,11 @@ fn print_human(method: &str, result: &Value) {
                 number("busy_groups")
             );
             out!("contacts:         {}", number("contacts"));
-            out!("connections:      {}", number("connections"));
+            let relayed = match number("relayed_connections") {
+                0 => String::new(),
+                n => format!(" ({n} through a relay)"),
+            };
+            out!("connections:      {}{relayed}", number("connections"));
             let bootstrap = if result.get("bootstrapping").and_then(Value::as_bool) == Some(true) {
                 " (first bootstrap running)"
             } else {
