@@ -144,7 +144,7 @@ impl NetworkBehaviour for DirectOverRelay {
         _: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        libp2p::core::util::unreachable(event)
+        match event {}
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
