@@ -208,8 +208,10 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in ["ha", "hb", "ra", "rb", "relay", "inet"] {
+            // A namespace that `up` never made is not an error here.
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(ns)])
+                .stderr(Stdio::null())
                 .status();
         }
     }
@@ -351,7 +353,7 @@ fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Sets one `key = value` line of a fresh `config.toml`.
+/// Sets `key = value` lines of a fresh `config.toml`.
 fn configure(dir: &Path, settings: &[(&str, String)]) {
     let path = dir.join("config.toml");
     let mut text = std::fs::read_to_string(&path).unwrap();
