@@ -1,0 +1,212 @@
+//! Connectivity and addresses: this node's contact card and DHT record, peers' addresses, and
+//! which groups are busy (on their topic, members dialled) or idle. Owns [`Connectivity`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use dspring_net::{Command, Network};
+use dspring_proto::{GroupId, MemberId};
+use libp2p::{Multiaddr, PeerId};
+
+use super::{Actor, Internal, now_ms};
+use crate::card::MailboxRef;
+use crate::record::RECORD_LIFETIME;
+use crate::{ContactCard, NodeError};
+
+/// Each member keeps connections to the next few members of each busy group in the ring of
+/// member ids: a ring is connected, so a group whose members can reach each other at all is
+/// one gossip mesh (and a healed partition reconnects through the ring).
+const RING_SUCCESSORS: usize = 2;
+
+/// Below this many connected members of a busy group, more (random) members are dialled: the
+/// ring alone fails when successors are unreachable.
+const MIN_GROUP_PEERS: usize = 4;
+
+/// How often this node's DHT record is published again (it lives [`RECORD_LIFETIME`]).
+pub(super) const RECORD_REFRESH: Duration = Duration::from_secs(3600);
+
+/// What this node knows of its own reachability and of its connections.
+pub(super) struct Connectivity {
+    /// The addresses this node listens on (relayed ones included): its card and DHT record
+    /// name them.
+    pub(super) addresses: Vec<Multiaddr>,
+    /// Peers connected now: the periodic sync asks those that share a group.
+    pub(super) connected: HashSet<PeerId>,
+    /// When this node's DHT record was last stored by the network.
+    pub(super) record_published: Option<tokio::time::Instant>,
+    /// Busy groups (on their topic, their members dialled) and when each last had an
+    /// envelope; a group absent here is idle: off its topic, so it holds no connections.
+    pub(super) last_activity: HashMap<GroupId, tokio::time::Instant>,
+    /// How long a group stays busy after its last envelope.
+    pub(super) idle_group_after: Duration,
+}
+
+impl Actor {
+    pub(super) fn contact(&mut self) -> Result<ContactCard, NodeError> {
+        let one_time = self.store.hand_out_one_time_prekey()?;
+        Ok(ContactCard {
+            member: self.device.id(),
+            bundle: self.device.bundle(one_time),
+            addresses: self
+                .connectivity
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            mailboxes: self
+                .own_mailboxes
+                .keys()
+                .map(|member| MailboxRef {
+                    member: *member,
+                    addresses: self.addresses_of(member),
+                })
+                .collect(),
+        })
+    }
+
+    /// Publishes this node's signed record (prekey, addresses, mailboxes) in the DHT, in the
+    /// background; retried at the next round until the network stored it.
+    pub(super) fn publish_record(&self) {
+        let mailboxes: Vec<MailboxRef> = self
+            .own_mailboxes
+            .keys()
+            .map(|member| MailboxRef {
+                member: *member,
+                addresses: self.addresses_of(member),
+            })
+            .collect();
+        let expires =
+            now_ms().saturating_add(u64::try_from(RECORD_LIFETIME.as_millis()).unwrap_or(u64::MAX));
+        let Some(value) = crate::record::make(
+            &self.device,
+            self.connectivity
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            mailboxes,
+            expires,
+        ) else {
+            return;
+        };
+        let key = crate::record::key(&self.device.id());
+        let (net, internal) = (self.net.clone(), self.internal.clone());
+        tokio::spawn(async move {
+            match net.put_record(key, value, RECORD_LIFETIME).await {
+                Ok(()) => {
+                    let _ = internal.send(Internal::RecordPublished).await;
+                }
+                Err(error) => tracing::debug!(%error, "publishing the DHT record"),
+            }
+        });
+    }
+
+    pub(super) fn addresses_of(&self, member: &MemberId) -> Vec<String> {
+        self.store
+            .contact(member)
+            .ok()
+            .flatten()
+            .map(|c| c.addresses)
+            .unwrap_or_default()
+    }
+
+    pub(super) fn connected_members(&self, group: &GroupId) -> usize {
+        let Some(state) = self.groups.get(group) else {
+            return 0;
+        };
+        state
+            .members()
+            .iter()
+            .filter(|m| {
+                dspring_net::identity::peer_id(m)
+                    .is_ok_and(|p| self.connectivity.connected.contains(&p))
+            })
+            .count()
+    }
+
+    /// Dials this node's ring successors in a group, and random members while fewer than
+    /// [`MIN_GROUP_PEERS`] are connected.
+    pub(super) async fn connect_group(&mut self, group: GroupId) {
+        let Some(state) = self.groups.get(&group).filter(|g| g.is_active()) else {
+            return;
+        };
+        let me = self.device.id();
+        let mut members: Vec<MemberId> = state.members().into_iter().filter(|m| *m != me).collect();
+        members.sort();
+        // The ring in id order, starting after this node.
+        let start = members.partition_point(|m| *m < me);
+        members.rotate_left(start);
+        let peers: Vec<PeerId> = members
+            .iter()
+            .filter_map(|m| dspring_net::identity::peer_id(m).ok())
+            .collect();
+        let mut wanted: Vec<PeerId> = peers.iter().take(RING_SUCCESSORS).copied().collect();
+        let connected = peers
+            .iter()
+            .filter(|p| self.connectivity.connected.contains(p))
+            .count();
+        if connected < MIN_GROUP_PEERS {
+            let mut others: Vec<PeerId> = peers
+                .iter()
+                .skip(RING_SUCCESSORS)
+                .filter(|p| !self.connectivity.connected.contains(p))
+                .copied()
+                .collect();
+            // A random pick: successors may be unreachable, and a fixed pick would keep
+            // trying the same ones.
+            for i in 0..others.len() {
+                let j = i + (rand_core::Rng::next_u32(&mut self.rng) as usize) % (others.len() - i);
+                others.swap(i, j);
+            }
+            wanted.extend(others.into_iter().take(MIN_GROUP_PEERS - connected));
+        }
+        for peer in wanted {
+            if !self.connectivity.connected.contains(&peer) {
+                let _ = self.net.send(Command::Connect(peer)).await;
+            }
+        }
+    }
+
+    /// Marks a group busy now; one that was idle goes back on its topic and dials its members
+    /// at once rather than at the next round.
+    pub(super) async fn wake_group(&mut self, group: GroupId) {
+        let was_idle = self
+            .connectivity
+            .last_activity
+            .insert(group, tokio::time::Instant::now())
+            .is_none();
+        if was_idle && self.groups.get(&group).is_some_and(|g| g.is_active()) {
+            let _ = self.net.send(Command::Subscribe(group)).await;
+            self.connect_group(group).await;
+        }
+    }
+
+    /// Groups with no envelope for `idle_group_after` leave their topic: their meshes, and so
+    /// their connections, close (a mailbox stays on the topics it serves).
+    pub(super) async fn rest_idle_groups(&mut self) {
+        let idle: Vec<GroupId> = self
+            .connectivity
+            .last_activity
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= self.connectivity.idle_group_after)
+            .map(|(group, _)| *group)
+            .collect();
+        for group in idle {
+            self.connectivity.last_activity.remove(&group);
+            if !self.serves(&group) {
+                let _ = self.net.send(Command::Unsubscribe(group)).await;
+            }
+        }
+    }
+}
+
+pub(super) async fn remember_addresses(net: &Network, member: &MemberId, addresses: &[String]) {
+    let Ok(peer) = dspring_net::identity::peer_id(member) else {
+        return;
+    };
+    for address in addresses {
+        if let Ok(address) = address.parse::<Multiaddr>() {
+            let _ = net.send(Command::AddAddress(peer, address)).await;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Dispatch of what the network reports (gossip, direct envelopes, peers' requests,
+//! connections) and of the results of helper tasks, to the concerns that handle them. No state
+//! of its own.
+
+use dspring_net::{Command, Event as NetEvent, Verdict};
+
+use super::groups::{newly_buffered, only_buffered};
+use super::{Actor, Internal};
+
+impl Actor {
+    /// Handles one event of the network.
+    pub(super) async fn net_event(&mut self, event: NetEvent) {
+        match event {
+            // Addresses change after start when a relay reservation begins or ends: the DHT
+            // record is refreshed at the next round, so that peers find the current ones.
+            NetEvent::Listening(address) if !self.connectivity.addresses.contains(&address) => {
+                self.connectivity.addresses.push(address);
+                self.connectivity.record_published = None;
+            }
+            NetEvent::NotListening(address) => {
+                let before = self.connectivity.addresses.len();
+                self.connectivity.addresses.retain(|a| *a != address);
+                if self.connectivity.addresses.len() != before {
+                    self.connectivity.record_published = None;
+                }
+            }
+            NetEvent::Gossip {
+                group,
+                message_id,
+                source,
+                envelope,
+            } => {
+                let judged = self.judge(group, envelope);
+                // The core has checked it: forward it now, commit after (forwarding is not
+                // delivery, and the next hop need not wait for this node's disk). One that
+                // only went into the delivery buffer has not been verified yet (its
+                // signature is checked on delivery): it is kept but not forwarded, so that a
+                // forgery cannot make this node the forwarder a peer further on penalises.
+                let verdict = match &judged {
+                    Ok(staged) if only_buffered(staged) => Verdict::Ignore,
+                    Ok(_) => Verdict::Accept,
+                    Err(verdict) => *verdict,
+                };
+                let _ = self
+                    .net
+                    .send(Command::Validate {
+                        message_id,
+                        source,
+                        verdict,
+                    })
+                    .await;
+                if let Ok(staged) = judged
+                    && let Err(error) = self.commit(&staged).await
+                {
+                    tracing::warn!(%error, "committing a gossip envelope");
+                }
+            }
+            NetEvent::Direct { id, peer, request } => {
+                let group = request.group;
+                let accepted = if self.groups.contains_key(&group) {
+                    match self.judge(group, request.envelope) {
+                        Ok(staged) => {
+                            // It waits for earlier envelopes: the member that sent it has them
+                            // (a removal delivered to the member it removes, say). Only a
+                            // member's, and only a newly buffered one: a replay asks nothing.
+                            let from_member =
+                                dspring_net::identity::member(&peer).is_some_and(|m| {
+                                    self.groups
+                                        .get(&group)
+                                        .is_some_and(|g| g.members().contains(&m))
+                                });
+                            if from_member && newly_buffered(&staged) {
+                                self.request_sync(group, peer, self.sync_position(&group, &peer));
+                            }
+                            self.commit(&staged).await.is_ok()
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    self.join(request.group, request.envelope, peer).await
+                };
+                self.answer_direct(id, accepted).await;
+            }
+            NetEvent::SyncRequested { id, peer, request } => {
+                let response = self.sync_page(peer, &request);
+                let _ = self.net.send(Command::AnswerSync { id, response }).await;
+            }
+            NetEvent::MailboxRequested { id, peer, request } => {
+                let response = self.answer_mailbox(peer, request).await;
+                let _ = self.net.send(Command::AnswerMailbox { id, response }).await;
+            }
+            NetEvent::Subscribed { peer, group }
+                if !self.groups.contains_key(&group) && self.serves(&group) =>
+            {
+                self.subscribers.entry(group).or_default().insert(peer);
+                self.request_sync(group, peer, 0);
+            }
+            // A member of a group idle here came back to its topic: it has something to send
+            // or has just received something. Follow it, and fetch what it has.
+            NetEvent::Subscribed { peer, group }
+                if !self.connectivity.last_activity.contains_key(&group)
+                    && self.groups.get(&group).is_some_and(|g| g.is_active()) =>
+            {
+                self.wake_group(group).await;
+                self.request_sync(group, peer, self.sync_position(&group, &peer));
+            }
+            NetEvent::Connected(peer) => {
+                self.connectivity.connected.insert(peer);
+                if let Some(member) = dspring_net::identity::member(&peer) {
+                    self.offer_welcomes(member);
+                    if self.own_mailboxes.contains_key(&member) {
+                        self.own_mailbox_connected(member, peer);
+                    }
+                }
+                self.sync_shared_groups(peer);
+            }
+            NetEvent::Disconnected(peer) => {
+                self.connectivity.connected.remove(&peer);
+                self.memory_release.connection_closed();
+                for subscribers in self.subscribers.values_mut() {
+                    subscribers.remove(&peer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles one result of a helper task.
+    pub(super) async fn internal(&mut self, message: Internal) {
+        match message {
+            Internal::WelcomeTaken { member, group } => self.welcome_taken(member, group),
+            Internal::SyncPage {
+                group,
+                peer,
+                response,
+                marks,
+            } => self.sync_page_arrived(group, peer, response, marks).await,
+            Internal::News {
+                mailbox,
+                peer,
+                response,
+            } => self.news_arrived(mailbox, peer, response).await,
+            Internal::RecordPublished => {
+                self.connectivity.record_published = Some(tokio::time::Instant::now());
+            }
+            Internal::NewsUnanswered { mailbox } => self.news_unanswered(mailbox),
+            Internal::SyncFailed { group, peer } => self.sync_failed(group, peer),
+            Internal::Deposited {
+                member,
+                group,
+                mailbox,
+            } => self.welcome_deposited(member, group, mailbox).await,
+        }
+    }
+}
