@@ -11,7 +11,10 @@ use libp2p::{
 use sha2::{Digest, Sha256};
 
 use crate::mesh_keep_alive::MeshKeepAlive;
-use crate::wire::{Codec, DIRECT_PROTOCOL, Direct, MAILBOX_PROTOCOL, Mailbox, SYNC_PROTOCOL, Sync};
+use crate::wire::{
+    Codec, DIRECT_PROTOCOL, Direct, MAILBOX_PROTOCOL, Mailbox, SYNC_PROTOCOL, Sync, WHERE_PROTOCOL,
+    Where,
+};
 
 /// Our Kademlia protocol name: a DHT of dspring nodes only, apart from the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/kad/1.0.0");
@@ -48,6 +51,8 @@ pub(crate) struct Behaviour {
     pub direct: request_response::Behaviour<Codec<Direct>>,
     pub sync: request_response::Behaviour<Codec<Sync>>,
     pub mailbox: request_response::Behaviour<Codec<Mailbox>>,
+    /// "Where is peer X": signed records passed on between peers.
+    pub where_is: request_response::Behaviour<Codec<Where>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub relay_client: relay::client::Behaviour,
     pub relay_server: Toggle<relay::Behaviour>,
@@ -64,6 +69,7 @@ pub(crate) struct Written {
     pub direct: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub sync: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub mailbox: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub where_is: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Written {
@@ -75,6 +81,7 @@ impl Written {
             direct: load(&self.direct),
             sync: load(&self.sync),
             mailbox: load(&self.mailbox),
+            where_is: load(&self.where_is),
         }
     }
 }
@@ -159,10 +166,15 @@ impl Behaviour {
         Ok(Self {
             addresses: crate::address_book::AddressBook::default(),
             blocked: allow_block_list::Behaviour::default(),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_VERSION.into(),
-                key.public(),
-            )),
+            // With the node's signed record (its addresses, signed, dated), which peers keep
+            // and pass on; pushed to connected peers when the addresses change.
+            identify: identify::Behaviour::new(
+                identify::Config::new_with_signed_peer_record(IDENTIFY_VERSION.into(), key)
+                    .with_push_listen_addr_updates(true)
+                    // Names this run, so that peers tell a restart from a second
+                    // connection (`stale`).
+                    .with_agent_version(crate::stale::agent_version()),
+            ),
             kad,
             gossipsub: MeshKeepAlive(gossipsub),
             direct: request_response::Behaviour::with_codec(
@@ -178,6 +190,11 @@ impl Behaviour {
             mailbox: request_response::Behaviour::with_codec(
                 Codec::counting(options.written.mailbox.clone()),
                 [(MAILBOX_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_config.clone(),
+            ),
+            where_is: request_response::Behaviour::with_codec(
+                Codec::counting(options.written.where_is.clone()),
+                [(WHERE_PROTOCOL, request_response::ProtocolSupport::Full)],
                 request_config,
             ),
             mdns: mdns.into(),

@@ -1,6 +1,7 @@
 //! Digital Spring networking on rust-libp2p: TCP and QUIC with Noise and Yamux, identify,
 //! Kademlia under our own protocol name, mDNS, relay, DCUtR and AutoNAT, one gossipsub topic per
-//! group, and three request-response protocols: direct delivery, sync and mailbox.
+//! group, and four request-response protocols: direct delivery, sync, mailbox, and "where is"
+//! (signed address records passed on between peers).
 //!
 //! The network knows bytes, peers and topics, never keys or group semantics: the node validates
 //! every envelope and tells the network to accept or reject it. One task owns the swarm; the node
@@ -16,6 +17,8 @@ mod direct_over_relay;
 pub mod identity;
 mod mesh_keep_alive;
 mod network;
+pub mod reconnect;
+mod stale;
 pub mod topic;
 pub mod wire;
 

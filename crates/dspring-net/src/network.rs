@@ -17,6 +17,8 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address_book::MAX_PEER_ADDRESSES;
+
+mod reach;
 use crate::behaviour::{Behaviour, BehaviourEvent, Options};
 use crate::topic;
 use crate::wire::{
@@ -36,10 +38,6 @@ pub const MAX_PENDING_INBOUND: usize = 4096;
 /// connections closed between sync rounds were dialled again each round, and idle CPU grew by
 /// half (docs/PERFORMANCE.md).
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Peers the node asked to connect to and is still trying: each gets one DHT lookup when
-/// its known addresses fail. A node wants its groups' ring and a few members, so a few
-/// thousand covers many groups.
-pub const MAX_WANTED: usize = 4096;
 /// The closest responding peers a lookup of a peer waits for. The peer is the closest to its
 /// own id, so a lookup that reached it is done; waiting for the 20 closest (libp2p-kad's
 /// default) made every lookup contact, and connect to, a large part of a small network.
@@ -138,8 +136,11 @@ pub enum Command {
     Dial(Multiaddr),
     /// Connect to a peer: at its known addresses, or else where a DHT lookup finds it.
     Connect(PeerId),
-    /// Remember an address of a peer (DHT routing table).
+    /// Remember an address of a peer (an unsigned hint: a contact card's, say).
     AddAddress(PeerId, Multiaddr),
+    /// A peer's signed record (libp2p `PeerRecord` envelope, as [`Event::PeerRecord`] gave
+    /// it): kept if it verifies and is newer than the one held.
+    AddRecord(Vec<u8>),
     Subscribe(GroupId),
     Unsubscribe(GroupId),
     /// A peer's gossipsub score.
@@ -243,12 +244,14 @@ pub struct ProtocolSent {
     pub sync: u64,
     /// Mailbox news requests and answers.
     pub mailbox: u64,
+    /// "Where is" requests and the signed records answered.
+    pub where_is: u64,
 }
 
 impl ProtocolSent {
     /// All three protocols together.
     pub fn total(&self) -> u64 {
-        self.direct + self.sync + self.mailbox
+        self.direct + self.sync + self.mailbox + self.where_is
     }
 }
 
@@ -298,6 +301,16 @@ pub enum Event {
     NotListening(Multiaddr),
     Connected(PeerId),
     Disconnected(PeerId),
+    /// New signed addresses of a peer (from the peer itself, or passed on by another): the
+    /// record, to keep across restarts and give back with [`Command::AddRecord`].
+    PeerRecord {
+        peer: PeerId,
+        record: Vec<u8>,
+    },
+    /// A peer the node asked to connect to could not be reached for
+    /// `reconnect::UNREACHABLE_AFTER`: reported once per wish; it is still retried, slowly,
+    /// while the node asks for it.
+    Unreachable(PeerId),
     /// A gossip message on a group's topic: answer with [`Command::Validate`].
     Gossip {
         group: GroupId,
@@ -552,7 +565,10 @@ pub fn spawn(
         sync: Exchange::new(),
         mailbox: Exchange::new(),
         lookups: std::collections::HashSet::new(),
-        wanted: HashMap::new(),
+        wanted: crate::reconnect::Wanted::default(),
+        where_pending: std::collections::HashSet::new(),
+        queued: Vec::new(),
+        connections: crate::stale::Connections::default(),
         registry,
         written,
         record_check,
@@ -583,10 +599,15 @@ struct Task {
     mailbox: Exchange<MailboxRequest, MailboxResponse>,
     /// Peers wanted and looked up in the DHT, to dial once found.
     lookups: std::collections::HashSet<PeerId>,
-    /// Peers the node asked to connect to, until connected, and whether they were looked up
-    /// already: when a dial to the addresses we had fails (the peer restarted on another
-    /// port, or moved), one DHT lookup finds where it is now.
-    wanted: HashMap<PeerId, bool>,
+    /// Peers the node asked to connect to, until connected: failed dials are retried with
+    /// backoff, and start a search for where the peer is now (see `reach`).
+    wanted: crate::reconnect::Wanted,
+    /// Wanted peers whose dial failed, to ask connected peers about at the next retry tick.
+    where_pending: std::collections::HashSet<PeerId>,
+    /// Events for the node produced while handling one swarm event, sent after it.
+    queued: Vec<Event>,
+    /// Open connections, to close those a restarted peer left behind.
+    connections: crate::stale::Connections,
     /// libp2p's bandwidth counters.
     registry: libp2p::metrics::Registry,
     /// Bytes written by the request-response codecs.
@@ -744,12 +765,26 @@ impl Task {
         let mut relay_retry = tokio::time::interval(RELAY_RETRY);
         relay_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Retries and asks of peers the node wants (`reach`): a timer only while any wait.
+            let next_reach = self.next_reach();
             tokio::select! {
+                _ = tokio::time::sleep_until(next_reach.unwrap_or_else(tokio::time::Instant::now)),
+                    if next_reach.is_some() => {
+                    self.reach_tick();
+                    if self.flush().await.is_err() {
+                        return;
+                    }
+                }
                 _ = relay_retry.tick(), if !self.relays.down.is_empty() => {
                     self.relays.listen(&mut self.swarm);
                 }
                 command = self.commands.recv() => match command {
-                    Some(command) => self.command(command),
+                    Some(command) => {
+                        self.command(command);
+                        if self.flush().await.is_err() {
+                            return;
+                        }
+                    }
                     // Every handle is gone: the node has stopped.
                     None => return,
                 },
@@ -770,21 +805,13 @@ impl Task {
                     tracing::debug!(%error, "dial failed");
                 }
             }
-            Command::Connect(peer) => {
-                if self.swarm.is_connected(&peer) || self.lookups.contains(&peer) {
-                    return;
-                }
-                let dialed = self.swarm.dial(peer).is_ok();
-                if self.wanted.len() < MAX_WANTED {
-                    self.wanted.entry(peer).or_insert(false);
-                }
-                if !dialed {
-                    self.look_up(peer);
-                }
-            }
+            Command::Connect(peer) => self.connect(peer),
             Command::AddAddress(peer, address) => {
                 behaviour.addresses.add(peer, address.clone());
                 behaviour.kad.add_address(&peer, address);
+            }
+            Command::AddRecord(record) => {
+                self.take_record(&record, crate::address_book::Source::PassedOn, false);
             }
             Command::Subscribe(group) => {
                 let topic = topic::topic(&group);
@@ -940,17 +967,11 @@ impl Task {
         }
     }
 
-    /// Starts a DHT lookup of a wanted peer (at most once per wish, and within the bound).
+    /// Starts a DHT lookup of a wanted peer (within the bound; `reconnect` asks once per
+    /// wish).
     fn look_up(&mut self, peer: PeerId) {
         if self.lookups.contains(&peer) || self.lookups.len() >= MAX_LOOKUPS {
             return;
-        }
-        if let Some(looked_up) = self.wanted.get_mut(&peer) {
-            if *looked_up {
-                self.wanted.remove(&peer);
-                return;
-            }
-            *looked_up = true;
         }
         self.lookups.insert(peer);
         self.swarm
@@ -983,32 +1004,55 @@ impl Task {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
-            } if num_established.get() == 1 => {
-                self.wanted.remove(&peer_id);
-                self.relays.connected(peer_id, &mut self.swarm);
-                Some(Event::Connected(peer_id))
+            } => {
+                self.connections.established(peer_id, connection_id);
+                if num_established.get() == 1 {
+                    self.wanted.connected(&peer_id);
+                    self.relays.connected(peer_id, &mut self.swarm);
+                    Some(Event::Connected(peer_id))
+                } else {
+                    None
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 ..
-            } if self.wanted.contains_key(&peer) && !self.swarm.is_connected(&peer) => {
-                self.look_up(peer);
+            } if !self.swarm.is_connected(&peer) => {
+                self.dial_failed(peer);
                 None
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
-            } => Some(Event::Disconnected(peer_id)),
+            } => {
+                if self.connections.closed(peer_id, connection_id)
+                    && let Err(error) = self.swarm.dial(peer_id)
+                {
+                    tracing::debug!(%error, "dialling a peer that came back");
+                }
+                (num_established == 0).then_some(Event::Disconnected(peer_id))
+            }
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
             _ => None,
         };
+        self.flush().await?;
         match out {
             Some(event) => self.events.send(event).await.map_err(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// Sends the node the events queued while handling a command or an event.
+    async fn flush(&mut self) -> Result<(), ()> {
+        for event in std::mem::take(&mut self.queued) {
+            self.events.send(event).await.map_err(|_| ())?;
+        }
+        Ok(())
     }
 
     /// A peer whose request or response broke its protocol's bounds or framing (our codec
@@ -1081,13 +1125,48 @@ impl Task {
                     .on_event(event, &mut self.next_inbound)
                     .map(|(id, peer, request)| Event::MailboxRequested { id, peer, request })
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // What a peer says it listens on goes into the DHT routing table.
-                for address in info.listen_addrs.into_iter().take(MAX_PEER_ADDRESSES) {
-                    let behaviour = self.swarm.behaviour_mut();
-                    behaviour.addresses.add(peer_id, address.clone());
-                    behaviour.kad.add_address(&peer_id, address);
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                connection_id,
+                info,
+            }) => {
+                if let Some(instance) = crate::stale::instance_of(&info.agent_version)
+                    && self
+                        .connections
+                        .identified(peer_id, connection_id, instance)
+                {
+                    tracing::info!(
+                        peer = %peer_id,
+                        "a peer restarted: its connections from before are closed"
+                    );
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return None;
                 }
+                // What a peer says it listens on goes into the DHT routing table; its signed
+                // record (identify checked it is the peer's) into the address book.
+                for address in info.listen_addrs.iter().take(MAX_PEER_ADDRESSES) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, address.clone());
+                }
+                match info.signed_peer_record {
+                    Some(envelope) => self.take_record(
+                        &envelope.into_protobuf_encoding(),
+                        crate::address_book::Source::Itself,
+                        true,
+                    ),
+                    None => {
+                        for address in info.listen_addrs.into_iter().take(MAX_PEER_ADDRESSES) {
+                            self.swarm.behaviour_mut().addresses.add(peer_id, address);
+                        }
+                    }
+                }
+                None
+            }
+            BehaviourEvent::WhereIs(event) => {
+                self.drop_if_misbehaved(&event);
+                self.where_event(event);
                 None
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {

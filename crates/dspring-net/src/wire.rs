@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub const DIRECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/direct/1");
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/sync/1");
 pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/mailbox/1");
+pub const WHERE_PROTOCOL: StreamProtocol = StreamProtocol::new("/dspring/where/1");
 
 /// A direct delivery is one envelope plus its group: the envelope bound and a little framing.
 pub const MAX_DIRECT_REQUEST: usize = MAX_ENVELOPE_LEN + 256;
@@ -36,6 +37,29 @@ pub const MAX_NEWS_ITEMS: usize = 256;
 pub const MAX_MAILBOX_REQUEST: usize = MAX_ENVELOPE_LEN + 256;
 /// A mailbox answer: welcomes and group ids.
 pub const MAX_MAILBOX_RESPONSE: usize = 16 << 20;
+
+/// Most peers one "where is" request names: the peers a node is looking for at one moment
+/// (failed dials of its busy groups' members), far below this.
+pub const MAX_WHERE_PEERS: usize = 32;
+/// A "where is" request: peer ids of at most 38 bytes each.
+pub const MAX_WHERE_REQUEST: usize = MAX_WHERE_PEERS * 64;
+/// A "where is" answer: a signed record per peer asked about, at most.
+pub const MAX_WHERE_RESPONSE: usize =
+    MAX_WHERE_PEERS * (crate::address_book::MAX_PEER_RECORD_BYTES + 8);
+
+/// "Where are these peers?": asked of connected peers when dials fail. The answer holds the
+/// signed records (libp2p `PeerRecord` envelopes) the asked peer holds for them; the asker
+/// checks each signature, so a peer passing records on cannot forge an address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhereRequest {
+    /// Peer ids, as bytes.
+    pub peers: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhereResponse {
+    pub records: Vec<Vec<u8>>,
+}
 
 /// What a member asks of a mailbox (a node that keeps ciphertext for groups, holding no keys).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +210,26 @@ impl Framed for Mailbox {
             }
             MailboxResponse::Done | MailboxResponse::Refused => true,
         }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Where;
+
+impl Framed for Where {
+    type Request = WhereRequest;
+    type Response = WhereResponse;
+    const MAX_REQUEST: usize = MAX_WHERE_REQUEST;
+    const MAX_RESPONSE: usize = MAX_WHERE_RESPONSE;
+    fn check_request(request: &WhereRequest) -> bool {
+        request.peers.len() <= MAX_WHERE_PEERS && request.peers.iter().all(|p| p.len() <= 64)
+    }
+    fn check_response(response: &WhereResponse) -> bool {
+        response.records.len() <= MAX_WHERE_PEERS
+            && response
+                .records
+                .iter()
+                .all(|r| r.len() <= crate::address_book::MAX_PEER_RECORD_BYTES)
     }
 }
 

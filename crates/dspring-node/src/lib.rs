@@ -94,6 +94,31 @@ pub struct NodeStatus {
     pub invitations: usize,
     /// Groups this node keeps as a mailbox (`None`: it is not one).
     pub mailbox_groups: Option<usize>,
+    /// Members this node wanted to reach and could not for a while (their dials have failed
+    /// for `dspring_net::reconnect::UNREACHABLE_AFTER`); each leaves the list when it
+    /// connects.
+    pub out_of_reach: Vec<OutOfReach>,
+    /// Groups none of whose other members and mailboxes this node can reach: what is sent
+    /// there stays here until one of them comes back.
+    pub groups_out_of_reach: Vec<GroupOutOfReach>,
+}
+
+/// A member out of reach (see [`NodeStatus::out_of_reach`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutOfReach {
+    pub member: MemberId,
+    /// When its dials began to fail (this node's clock).
+    pub since: std::time::SystemTime,
+}
+
+/// A group with nobody in reach (see [`NodeStatus::groups_out_of_reach`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupOutOfReach {
+    pub group: GroupId,
+    /// When the last of its other members and mailboxes went out of reach.
+    pub since: std::time::SystemTime,
 }
 
 /// One group's catch-up in progress.

@@ -47,6 +47,7 @@ mod invitations;
 mod log;
 mod mailbox;
 mod marks;
+mod peer_records;
 mod schema;
 
 use std::collections::HashMap;
@@ -66,6 +67,7 @@ pub use error::{Corrupt, OpenError, StoreError};
 pub use invitations::{Held, Invitation, MAX_INVITATIONS, MAX_INVITATIONS_PER_ADDER};
 pub use log::{HeldMark, LogEntry, OutboxEntry, SenderMark, StoredEvent};
 pub use mailbox::{MailboxGroup, MailboxNews, NewsCursor};
+pub use peer_records::{MAX_PEER_RECORD_LEN, MAX_PEER_RECORDS};
 pub use schema::SCHEMA_VERSION;
 
 use at_rest::{PassphraseParams, StoreKey};

@@ -274,6 +274,14 @@ const MIGRATIONS: &[&str] = &[
     -- An invitation's events go when it does (`invitations.rs`): this finds them.
     CREATE INDEX events_without_group ON events(group_id) WHERE group_ref IS NULL;
     "#,
+    // 8: peers' signed address records (`peer_records.rs`), newest kept per member.
+    r#"
+    CREATE TABLE peer_records (
+        member_id BLOB PRIMARY KEY,
+        record BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

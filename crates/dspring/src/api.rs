@@ -180,6 +180,29 @@ const STATUS: &[Field] = &[
         Ty::IntegerOrNull,
         "Groups this node keeps as a mailbox (null: it is not one).",
     ),
+    field(
+        "out_of_reach",
+        Ty::Objects(&[
+            field("member", Ty::String, "The member's id (hex)."),
+            field("seconds", Ty::Integer, "How long its dials have failed."),
+        ]),
+        "Members this node wanted to reach and could not for a while (it keeps trying, \
+         more slowly); each leaves the list when it connects.",
+    ),
+    field(
+        "groups_out_of_reach",
+        Ty::Objects(&[
+            field("group", Ty::String, "The group's id (hex)."),
+            field(
+                "seconds",
+                Ty::Integer,
+                "How long since the last of its other members and mailboxes went out of \
+                 reach.",
+            ),
+        ]),
+        "Groups none of whose other members and mailboxes this node can reach: what you \
+         send there stays on this node until one of them is back.",
+    ),
 ];
 
 /// The `kind`s of events, as `EventBody` names them.
@@ -979,7 +1002,32 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
                     })
                 })
                 .collect();
+            let seconds_since = |since: std::time::SystemTime| {
+                since.elapsed().map_or(0, |elapsed| elapsed.as_secs())
+            };
+            let out_of_reach: Vec<Value> = status
+                .out_of_reach
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "member": member_hex(&m.member),
+                        "seconds": seconds_since(m.since),
+                    })
+                })
+                .collect();
+            let groups_out_of_reach: Vec<Value> = status
+                .groups_out_of_reach
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "group": hex::encode(g.group.as_bytes()),
+                        "seconds": seconds_since(g.since),
+                    })
+                })
+                .collect();
             Ok(serde_json::json!({
+                "out_of_reach": out_of_reach,
+                "groups_out_of_reach": groups_out_of_reach,
                 "id": member_hex(&node.id()),
                 "groups": node.groups().await?.len(),
                 "busy_groups": status.busy_groups,

@@ -35,8 +35,10 @@ pub const DEFAULT_CONFIG: &str = r#"# Digital Spring daemon settings. Flags give
 port = 0
 
 [network]
-# libp2p addresses to listen on. Port 0 picks a free one at each start; a fixed port
-# (e.g. "/ip4/0.0.0.0/tcp/4001") lets contacts reach you at the address on your card.
+# libp2p addresses to listen on. Setting up a profile picks a free port once and writes it
+# here (TCP and QUIC), so that the addresses on a card handed out yesterday still work after
+# a restart. Port 0 picks a new port at each start (contacts then find you only through
+# the DHT or members you share).
 listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]
 # Nodes to join the DHT through (it finds where your contacts are when their addresses
 # change), each ending in /p2p/<peer id>: what `dspring id` prints as "dial" on a node
@@ -251,17 +253,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Writes the default settings file into `dir` unless one is there.
+    /// Writes the default settings file into `dir` unless one is there, with a listen port
+    /// picked now and kept from then on (see [`free_port`]).
     pub fn write_default(dir: &Path) -> Result<bool, ConfigError> {
         use std::io::Write;
         let path = dir.join(CONFIG_FILE);
+        let text = match free_port() {
+            Some(port) => with_listen_port(port),
+            // Nothing free on both transports (a sandbox without sockets): port 0, as before.
+            None => DEFAULT_CONFIG.to_owned(),
+        };
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
         {
             Ok(mut file) => file
-                .write_all(DEFAULT_CONFIG.as_bytes())
+                .write_all(text.as_bytes())
                 .and_then(|()| file.sync_all())
                 .map(|()| true)
                 .map_err(|error| ConfigError::Io { path, error }),
@@ -310,6 +318,32 @@ impl Config {
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.mailbox.retention_days * 86_400)
     }
+}
+
+/// Tries to find a port free for TCP and UDP alike: the kernel's pick for TCP, kept if UDP
+/// can bind it too.
+const PORT_ATTEMPTS: usize = 16;
+
+/// A port free now on every interface for both TCP and UDP (QUIC), so that the node's two
+/// listen addresses share one number: the kernel picks a TCP port, and it is kept if UDP can
+/// bind the same one. `None` after [`PORT_ATTEMPTS`] tries.
+pub fn free_port() -> Option<u16> {
+    use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+    (0..PORT_ATTEMPTS).find_map(|_| {
+        let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        let port = tcp.local_addr().ok()?.port();
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+            .ok()
+            .map(|_| port)
+    })
+}
+
+/// The default settings file with `port` in its listen addresses.
+fn with_listen_port(port: u16) -> String {
+    DEFAULT_CONFIG.replace(
+        r#"listen = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]"#,
+        &format!(r#"listen = ["/ip4/0.0.0.0/tcp/{port}", "/ip4/0.0.0.0/udp/{port}/quic-v1"]"#),
+    )
 }
 
 /// `text` (a settings file) with `serve` and `retention_days` under `[mailbox]` set to these
@@ -409,6 +443,27 @@ mod tests {
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_new_profile_keeps_one_free_port_for_tcp_and_quic() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Config::write_default(dir.path()).unwrap());
+        let listen = Config::load(dir.path()).unwrap().network.listen;
+        assert_eq!(listen.len(), 2, "{listen:?}");
+        let port = listen[0]
+            .strip_prefix("/ip4/0.0.0.0/tcp/")
+            .unwrap()
+            .parse::<u16>()
+            .unwrap();
+        assert_ne!(port, 0, "a port picked once, not at each start");
+        assert_eq!(listen[1], format!("/ip4/0.0.0.0/udp/{port}/quic-v1"));
+        // The rest is the defaults, and loading again gives the same port.
+        let mut config = Config::load(dir.path()).unwrap();
+        assert_eq!(config.network.listen, listen);
+        config.network.listen = Config::default().network.listen;
+        assert_eq!(config, Config::default());
+        assert!(with_listen_port(4001).contains("/udp/4001/quic-v1"));
     }
 
     #[test]

@@ -918,6 +918,28 @@ fn print_human(method: &str, result: &Value) {
             {
                 out!("catching up:      {}", describe_catch_up(catch_up));
             }
+            for (key, label) in [
+                ("groups_out_of_reach", "nobody in reach: group"),
+                ("out_of_reach", "out of reach:     member"),
+            ] {
+                let id = if key == "out_of_reach" {
+                    "member"
+                } else {
+                    "group"
+                };
+                for entry in result
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    out!(
+                        "{label} [{}] for {} s",
+                        short(text_of(entry, id)),
+                        entry.get("seconds").and_then(Value::as_u64).unwrap_or(0)
+                    );
+                }
+            }
         }
         _ => {}
     }

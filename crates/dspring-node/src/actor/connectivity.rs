@@ -2,7 +2,7 @@
 //! which groups are busy (on their topic, members dialled) or idle. Owns [`Connectivity`].
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dspring_net::{Command, Network};
 use dspring_proto::{GroupId, MemberId};
@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use super::{Actor, Internal, now_ms};
 use crate::card::MailboxRef;
 use crate::record::RECORD_LIFETIME;
-use crate::{ContactCard, NodeError};
+use crate::{ContactCard, GroupOutOfReach, NodeError, OutOfReach};
 
 /// Each member keeps connections to the next few members of each busy group in the ring of
 /// member ids: a ring is connected, so a group whose members can reach each other at all is
@@ -39,9 +39,101 @@ pub(super) struct Connectivity {
     pub(super) last_activity: HashMap<GroupId, tokio::time::Instant>,
     /// How long a group stays busy after its last envelope.
     pub(super) idle_group_after: Duration,
+    /// Peers the network reported out of reach (dials failing for
+    /// `dspring_net::reconnect::UNREACHABLE_AFTER`), and since when; a peer leaves on its
+    /// next connection. Bounded by the network's wishes (`reconnect::MAX_WANTED`).
+    pub(super) unreachable: HashMap<PeerId, SystemTime>,
 }
 
 impl Actor {
+    /// The catch-up at start: every group starts busy, so its members are wanted now (each
+    /// connection starts a sync of what is shared with that peer), and so are this node's
+    /// own mailboxes (a news request) and its groups' mailboxes. The network retries the
+    /// dials that fail, and finds where peers that moved are now.
+    pub(super) async fn connect_at_start(&mut self) {
+        let busy: Vec<GroupId> = self.connectivity.last_activity.keys().copied().collect();
+        for group in busy {
+            self.connect_group(group).await;
+        }
+        let mut mailboxes: HashSet<MemberId> = self.own_mailboxes.keys().copied().collect();
+        mailboxes.extend(self.group_mailboxes.values().flatten().copied());
+        for mailbox in mailboxes {
+            if let Ok(peer) = dspring_net::identity::peer_id(&mailbox)
+                && mailbox != self.device.id()
+            {
+                let _ = self.net.send(Command::Connect(peer)).await;
+            }
+        }
+    }
+
+    /// A peer's new signed addresses: kept across restarts if the peer is someone this node
+    /// deals with (a contact, a member of one of its groups, a mailbox); the network holds
+    /// the rest for this run only.
+    pub(super) fn keep_peer_record(&mut self, peer: PeerId, record: &[u8]) {
+        let Some(member) = dspring_net::identity::member(&peer) else {
+            return;
+        };
+        let known = self.groups.values().any(|g| g.members().contains(&member))
+            || self.own_mailboxes.contains_key(&member)
+            || self.group_mailboxes.values().any(|m| m.contains(&member))
+            || self.store.contact(&member).ok().flatten().is_some();
+        if !known {
+            return;
+        }
+        match self.store.put_peer_record(&member, record) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("no room for another peer record"),
+            Err(error) => tracing::warn!(%error, "keeping a peer record"),
+        }
+    }
+
+    /// The network reported a peer out of reach.
+    pub(super) fn peer_unreachable(&mut self, peer: PeerId) {
+        self.connectivity
+            .unreachable
+            .entry(peer)
+            .or_insert_with(SystemTime::now);
+    }
+
+    /// Members out of reach now, and the groups none of whose other members and mailboxes
+    /// this node can reach.
+    pub(super) fn out_of_reach(&self) -> (Vec<OutOfReach>, Vec<GroupOutOfReach>) {
+        let unreachable = &self.connectivity.unreachable;
+        let since_of = |member: &MemberId| {
+            dspring_net::identity::peer_id(member)
+                .ok()
+                .and_then(|p| unreachable.get(&p).copied())
+        };
+        let members = unreachable
+            .iter()
+            .filter_map(|(peer, since)| {
+                Some(OutOfReach {
+                    member: dspring_net::identity::member(peer)?,
+                    since: *since,
+                })
+            })
+            .collect();
+        let me = self.device.id();
+        let mut groups = Vec::new();
+        for (id, group) in &self.groups {
+            if !group.is_active() {
+                continue;
+            }
+            let mut others: Vec<MemberId> =
+                group.members().into_iter().filter(|m| *m != me).collect();
+            others.extend(self.group_mailboxes.get(id).into_iter().flatten().copied());
+            if others.is_empty() {
+                continue;
+            }
+            // Out of reach only if every one of them is; since the last of them went.
+            let sinces: Option<Vec<SystemTime>> = others.iter().map(since_of).collect();
+            if let Some(since) = sinces.and_then(|s| s.into_iter().max()) {
+                groups.push(GroupOutOfReach { group: *id, since });
+            }
+        }
+        (members, groups)
+    }
+
     pub(super) fn contact(&mut self) -> Result<ContactCard, NodeError> {
         let one_time = self.store.hand_out_one_time_prekey()?;
         Ok(ContactCard {

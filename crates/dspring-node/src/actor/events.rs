@@ -12,16 +12,20 @@ impl Actor {
     pub(super) async fn net_event(&mut self, event: NetEvent) {
         match event {
             // Addresses change after start when a relay reservation begins or ends: the DHT
-            // record is refreshed at the next round, so that peers find the current ones.
+            // record is published again at once, so that peers find the current ones (and
+            // again at the next round if that fails). Connected peers hear of it from
+            // identify's push.
             NetEvent::Listening(address) if !self.connectivity.addresses.contains(&address) => {
                 self.connectivity.addresses.push(address);
                 self.connectivity.record_published = None;
+                self.publish_record();
             }
             NetEvent::NotListening(address) => {
                 let before = self.connectivity.addresses.len();
                 self.connectivity.addresses.retain(|a| *a != address);
                 if self.connectivity.addresses.len() != before {
                     self.connectivity.record_published = None;
+                    self.publish_record();
                 }
             }
             NetEvent::Gossip {
@@ -106,6 +110,7 @@ impl Actor {
             }
             NetEvent::Connected(peer) => {
                 self.connectivity.connected.insert(peer);
+                self.connectivity.unreachable.remove(&peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
                     self.offer_welcomes(member);
                     if self.own_mailboxes.contains_key(&member) {
@@ -121,6 +126,8 @@ impl Actor {
                     subscribers.remove(&peer);
                 }
             }
+            NetEvent::PeerRecord { peer, record } => self.keep_peer_record(peer, &record),
+            NetEvent::Unreachable(peer) => self.peer_unreachable(peer),
             _ => {}
         }
     }

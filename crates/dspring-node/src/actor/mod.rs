@@ -20,7 +20,7 @@ use dspring_net::wire::{MailboxResponse, Mark, SyncResponse};
 use dspring_net::{Command, Event as NetEvent, Network};
 use dspring_proto::{Device, Group, GroupId, MemberId};
 use dspring_store::{GroupName, NewsCursor, Store, StoredEvent};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::{broadcast, mpsc};
@@ -210,25 +210,14 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             _ => break,
         }
     }
-    // Catch-up at start: dial the members and mailboxes of this node's groups, and its own
-    // mailboxes, at their last known addresses; each connection starts a sync of what is
-    // shared with that peer (or a news request to an own mailbox).
-    let mut wanted: HashSet<MemberId> = groups
-        .values()
-        .filter(|g: &&Group| g.is_active())
-        .flat_map(|g| g.members())
-        .collect();
-    wanted.extend(own_mailboxes.keys().copied());
-    wanted.extend(group_mailboxes.values().flatten().copied());
+    // Where peers are: the signed records kept from the last run first (the newest a peer
+    // signed that reached this node), then the contact cards' addresses after them. The
+    // dials of the catch-up at start come at the top of `run`.
+    for (_, record) in store.peer_records()? {
+        net.send(Command::AddRecord(record)).await?;
+    }
     for contact in store.contacts()? {
         remember_addresses(&net, &contact.member, &contact.addresses).await;
-        if wanted.contains(&contact.member) {
-            for address in &contact.addresses {
-                if let Ok(address) = address.parse::<Multiaddr>() {
-                    net.send(Command::Dial(address)).await?;
-                }
-            }
-        }
     }
     let (requests, request_rx) = mpsc::channel(COMMAND_QUEUE);
     let (live, _) = broadcast::channel(LIVE_EVENTS);
@@ -247,6 +236,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             record_published: None,
             last_activity,
             idle_group_after: config.idle_group_after,
+            unreachable: HashMap::new(),
         },
         live: live.clone(),
         internal,
@@ -308,6 +298,7 @@ impl Actor {
             offset(&mut self.rng, WELCOME_RETRY_INTERVAL),
             WELCOME_RETRY_INTERVAL,
         );
+        self.connect_at_start().await;
         loop {
             tokio::select! {
                 request = requests.recv() => match request {

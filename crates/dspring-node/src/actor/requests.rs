@@ -214,7 +214,10 @@ impl Actor {
             entry.received += received;
             entry.elapsed = entry.elapsed.max(since.elapsed());
         }
+        let (out_of_reach, groups_out_of_reach) = self.out_of_reach();
         Ok(crate::NodeStatus {
+            out_of_reach,
+            groups_out_of_reach,
             outbox: self.store.outbox_len()?,
             awaiting_welcome: self.store.members_awaiting_welcome()?.len(),
             busy_groups: self.connectivity.last_activity.len(),
