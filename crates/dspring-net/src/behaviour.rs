@@ -59,6 +59,8 @@ pub(crate) struct Behaviour {
     pub dcutr: dcutr::Behaviour,
     /// Closes a peer's relayed connections once a direct one is up.
     pub direct_over_relay: crate::direct_over_relay::DirectOverRelay,
+    /// Holds connections to the node's own mailboxes open.
+    pub held_open: crate::held_open::HeldOpen,
     pub autonat: autonat::Behaviour,
 }
 
@@ -205,6 +207,7 @@ impl Behaviour {
                 .into(),
             dcutr: dcutr::Behaviour::new(peer_id),
             direct_over_relay: crate::direct_over_relay::DirectOverRelay::default(),
+            held_open: crate::held_open::HeldOpen::default(),
             autonat: autonat::Behaviour::new(
                 peer_id,
                 autonat::Config {

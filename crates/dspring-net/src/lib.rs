@@ -14,6 +14,7 @@
 mod address_book;
 mod behaviour;
 mod direct_over_relay;
+mod held_open;
 pub mod identity;
 mod mesh_keep_alive;
 mod network;

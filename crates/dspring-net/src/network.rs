@@ -184,6 +184,9 @@ pub enum Command {
         id: InboundId,
         response: MailboxResponse,
     },
+    /// Hold the connections to a peer open even when idle (`true`: an own mailbox, which
+    /// pushes news over it), or let them close when idle again (`false`).
+    Hold(PeerId, bool),
     /// Close every connection with a peer and refuse new ones, until unblocked (this run).
     Block(PeerId),
     Unblock(PeerId),
@@ -320,6 +323,11 @@ pub enum Event {
     },
     /// A remote subscribed to a group's topic.
     Subscribed {
+        peer: PeerId,
+        group: GroupId,
+    },
+    /// A remote left a group's topic (its group went idle there, or it left the group).
+    Unsubscribed {
         peer: PeerId,
         group: GroupId,
     },
@@ -900,6 +908,7 @@ impl Task {
                     let _ = behaviour.mailbox.send_response(channel, response);
                 }
             }
+            Command::Hold(peer, hold) => behaviour.held_open.hold(peer, hold),
             Command::Block(peer) => {
                 behaviour.blocked.block_peer(peer);
             }
@@ -1103,6 +1112,12 @@ impl Task {
             },
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
                 self.topics.get(&topic).map(|group| Event::Subscribed {
+                    peer: peer_id,
+                    group: *group,
+                })
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
+                self.topics.get(&topic).map(|group| Event::Unsubscribed {
                     peer: peer_id,
                     group: *group,
                 })

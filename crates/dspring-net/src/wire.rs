@@ -78,6 +78,10 @@ pub enum MailboxRequest {
     /// another instance (the mailbox lost its data, or another one took over its key) mean
     /// nothing, and the mailbox answers from its start.
     News { after: u64, instance: [u8; 16] },
+    /// From a mailbox to an owner connected to it: "I hold new envelopes of `group`" (push;
+    /// the owner syncs the group from the mailbox). Sent to owners not on the group's topic,
+    /// who would otherwise hear of them only at their next news request.
+    Fresh { group: GroupId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +200,9 @@ impl Framed for Mailbox {
     fn check_request(request: &MailboxRequest) -> bool {
         match request {
             MailboxRequest::Deposit { envelope, .. } => envelope.len() <= MAX_ENVELOPE_LEN,
-            MailboxRequest::Register { .. } | MailboxRequest::News { .. } => true,
+            MailboxRequest::Register { .. }
+            | MailboxRequest::News { .. }
+            | MailboxRequest::Fresh { .. } => true,
         }
     }
     fn check_response(response: &MailboxResponse) -> bool {

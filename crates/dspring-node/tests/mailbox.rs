@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{has_all, introduce, start, texts, until};
+use common::{has_all, introduce, start, texts, until, until_within};
 use dspring_node::{ContactCard, MailboxConfig, Node, NodeConfig};
 
 async fn start_mailbox(dir: &std::path::Path) -> Node {
@@ -135,5 +135,86 @@ async fn a_member_added_while_away_catches_up_from_its_mailbox_after_the_others_
     assert!(
         kept[0].1.after > 0 && kept[0].1.instance != [0; 16],
         "the news cursor was not kept: {kept:?}"
+    );
+}
+
+/// A member whose group went idle (off the group's topic, so gossip no longer reaches it)
+/// but that stays connected to its mailbox learns of a new envelope at once: the mailbox
+/// pushes. Nothing else could bring it: the sender cannot dial the member (it listens on
+/// no address), and the member asks its mailbox for news only when it connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_connected_to_its_mailbox_hears_of_new_envelopes_at_once() {
+    common::logs();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mailbox = start_mailbox(dirs[0].path()).await;
+    // Groups go idle after a second at both members, so that their connection closes.
+    let quickly_idle = |dir: &std::path::Path, listen: &[&str]| {
+        let mut config = NodeConfig::new(dir);
+        config.listen = listen.iter().map(|a| a.parse().unwrap()).collect();
+        config.mdns = false;
+        config.idle_group_after = Duration::from_secs(1);
+        config
+    };
+    let sender = Node::start(quickly_idle(dirs[1].path(), &["/ip4/127.0.0.1/tcp/0"]))
+        .await
+        .unwrap();
+    let member = Node::start(quickly_idle(dirs[2].path(), &[]))
+        .await
+        .unwrap();
+    mailbox
+        .add_contact(member.contact().await.unwrap(), "member")
+        .await
+        .unwrap();
+    member
+        .use_mailbox(mailbox.contact().await.unwrap())
+        .await
+        .unwrap();
+    introduce(&[&sender, &member]).await;
+    let group = member.create_group("", &[sender.id()]).await.unwrap();
+    until("the sender joins", async || {
+        sender.groups().await.unwrap().contains(&group)
+    })
+    .await;
+    until("the mailbox keeps the group", async || {
+        mailbox.mailbox_held(group).await.unwrap().0 > 0
+    })
+    .await;
+    sender.send(group, b"while busy").await.unwrap();
+    until("the member reads it", async || {
+        texts(&member, group)
+            .await
+            .contains(&"while busy".to_string())
+    })
+    .await;
+
+    // The group goes idle at both members, and their connection closes; the member's to its
+    // mailbox stays.
+    until_within(
+        "the member holds only its mailbox's connection",
+        Duration::from_secs(60),
+        async || {
+            member.status().await.unwrap().busy_groups == 0
+                && member.network_status().await.unwrap().connections == 1
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(member.network_status().await.unwrap().connections, 1);
+
+    let sent = tokio::time::Instant::now();
+    sender.send(group, b"while idle").await.unwrap();
+    until_within(
+        "the member reads what its mailbox pushed",
+        Duration::from_secs(10),
+        async || {
+            texts(&member, group)
+                .await
+                .contains(&"while idle".to_string())
+        },
+    )
+    .await;
+    println!(
+        "pushed through the mailbox in {} ms",
+        sent.elapsed().as_millis()
     );
 }

@@ -263,6 +263,22 @@ impl Store {
         Ok(())
     }
 
+    /// The owners a served group is kept for.
+    pub fn mailbox_owners(&self, group: &GroupId) -> Result<Vec<MemberId>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT member FROM mailbox_owners WHERE group_id = ?1")?;
+        let rows = statement.query_map([group.as_bytes()], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let member = row?;
+            let member = <[u8; 32]>::try_from(member.as_slice())
+                .map_err(|_| Corrupt::new("mailbox_owners", "member", "not 32 bytes"))?;
+            out.push(MemberId(member));
+        }
+        Ok(out)
+    }
+
     /// Holds a welcome for an owner who is away, replacing an older one for the same group;
     /// refused once `max_per_member` are held for them.
     pub fn mailbox_hold_welcome(

@@ -274,13 +274,16 @@ const MIGRATIONS: &[&str] = &[
     -- An invitation's events go when it does (`invitations.rs`): this finds them.
     CREATE INDEX events_without_group ON events(group_id) WHERE group_ref IS NULL;
     "#,
-    // 8: peers' signed address records (`peer_records.rs`), newest kept per member.
+    // 8: peers' signed address records (`peer_records.rs`), newest kept per member; the
+    // owners of a mailbox group by group.
     r#"
     CREATE TABLE peer_records (
         member_id BLOB PRIMARY KEY,
         record BLOB NOT NULL,
         updated_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
+    -- A mailbox tells a group's owners when it holds new envelopes of it (push).
+    CREATE INDEX mailbox_owners_by_group ON mailbox_owners(group_id);
     "#,
 ];
 

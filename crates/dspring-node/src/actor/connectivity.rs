@@ -64,6 +64,26 @@ impl Actor {
                 let _ = self.net.send(Command::Connect(peer)).await;
             }
         }
+        self.keep_own_mailboxes().await;
+    }
+
+    /// This node stays connected to its own mailboxes, busy groups or not: a mailbox pushes
+    /// news of the groups it keeps over that connection (one per mailbox, not per group).
+    /// Asked at start and at every round, so a connection that broke is dialled again.
+    pub(super) async fn keep_own_mailboxes(&mut self) {
+        let mailboxes: Vec<MemberId> = self.own_mailboxes.keys().copied().collect();
+        for mailbox in mailboxes {
+            let Ok(peer) = dspring_net::identity::peer_id(&mailbox) else {
+                continue;
+            };
+            if mailbox == self.device.id() {
+                continue;
+            }
+            let _ = self.net.send(Command::Hold(peer, true)).await;
+            if !self.connectivity.connected.contains(&peer) {
+                let _ = self.net.send(Command::Connect(peer)).await;
+            }
+        }
     }
 
     /// A peer's new signed addresses: kept across restarts if the peer is someone this node
@@ -216,8 +236,8 @@ impl Actor {
             .count()
     }
 
-    /// Dials this node's ring successors in a group, and random members while fewer than
-    /// [`MIN_GROUP_PEERS`] are connected.
+    /// Dials this node's ring successors in a group, random members while fewer than
+    /// [`MIN_GROUP_PEERS`] are connected, and the group's mailboxes.
     pub(super) async fn connect_group(&mut self, group: GroupId) {
         let Some(state) = self.groups.get(&group).filter(|g| g.is_active()) else {
             return;
@@ -252,6 +272,16 @@ impl Actor {
             }
             wanted.extend(others.into_iter().take(MIN_GROUP_PEERS - connected));
         }
+        // And the group's mailboxes: they keep what is sent for members who are away, and
+        // push it to those connected to them, so they should have it at once.
+        wanted.extend(
+            self.group_mailboxes
+                .get(&group)
+                .into_iter()
+                .flatten()
+                .filter(|m| **m != me)
+                .filter_map(|m| dspring_net::identity::peer_id(m).ok()),
+        );
         for peer in wanted {
             if !self.connectivity.connected.contains(&peer) {
                 let _ = self.net.send(Command::Connect(peer)).await;

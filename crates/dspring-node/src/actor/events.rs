@@ -112,6 +112,7 @@ impl Actor {
                 self.connectivity.connected.insert(peer);
                 self.connectivity.unreachable.remove(&peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
+                    self.hold_owner(member, peer).await;
                     self.offer_welcomes(member);
                     if self.own_mailboxes.contains_key(&member) {
                         self.own_mailbox_connected(member, peer);
@@ -126,6 +127,11 @@ impl Actor {
                     subscribers.remove(&peer);
                 }
             }
+            NetEvent::Unsubscribed { peer, group } => {
+                if let Some(subscribers) = self.subscribers.get_mut(&group) {
+                    subscribers.remove(&peer);
+                }
+            }
             NetEvent::PeerRecord { peer, record } => self.keep_peer_record(peer, &record),
             NetEvent::Unreachable(peer) => self.peer_unreachable(peer),
             _ => {}
@@ -136,6 +142,7 @@ impl Actor {
     pub(super) async fn internal(&mut self, message: Internal) {
         match message {
             Internal::WelcomeTaken { member, group } => self.welcome_taken(member, group),
+            Internal::Pushed { group, peer } => self.pushed(group, peer),
             Internal::SyncPage {
                 group,
                 peer,

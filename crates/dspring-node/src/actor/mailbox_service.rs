@@ -10,7 +10,7 @@ use dspring_proto::{GroupId, MemberId};
 use dspring_store::{NewsCursor, Store};
 use libp2p::PeerId;
 
-use super::{Actor, now_ms};
+use super::{Actor, Internal, now_ms};
 
 /// Mailbox role: ciphertext kept per group. Anyone who knows a group's topic can publish to
 /// it and a mailbox cannot tell members' envelopes from junk, so each group gets a quota;
@@ -50,6 +50,7 @@ impl Actor {
             Ok(true) => {
                 self.mailbox_bytes
                     .insert(group, held.saturating_add(envelope.len() as u64));
+                self.push_fresh(group);
             }
             Ok(false) => {}
             Err(error) => tracing::debug!(%error, "mailbox"),
@@ -59,6 +60,59 @@ impl Actor {
         Verdict::Ignore
     }
 
+    /// Mailbox role: tells the group's owners that are connected but not on its topic (their
+    /// group is idle there, so gossip does not reach them) that new envelopes are here; each
+    /// syncs the group from this mailbox. One push per owner and group in flight; one more
+    /// follows if envelopes came meanwhile.
+    fn push_fresh(&mut self, group: GroupId) {
+        let owners = match self.store.mailbox_owners(&group) {
+            Ok(owners) => owners,
+            Err(error) => {
+                tracing::debug!(%error, "mailbox owners");
+                return;
+            }
+        };
+        for owner in owners {
+            let Ok(peer) = dspring_net::identity::peer_id(&owner) else {
+                continue;
+            };
+            let on_topic = self
+                .subscribers
+                .get(&group)
+                .is_some_and(|s| s.contains(&peer));
+            if !self.connectivity.connected.contains(&peer) || on_topic {
+                continue;
+            }
+            if let Some(again) = self.pushes.get_mut(&(group, peer)) {
+                *again = true;
+                continue;
+            }
+            self.pushes.insert((group, peer), false);
+            let (net, internal) = (self.net.clone(), self.internal.clone());
+            tokio::spawn(async move {
+                if let Err(error) = net.mailbox(peer, MailboxRequest::Fresh { group }).await {
+                    tracing::debug!(%error, "pushing fresh envelopes to an owner");
+                }
+                let _ = internal.send(Internal::Pushed { group, peer }).await;
+            });
+        }
+    }
+
+    /// Mailbox role: an owner (a contact of this mailbox) connected: its connection is held
+    /// open at this end too (either end closes an idle connection), so that pushes reach it.
+    pub(super) async fn hold_owner(&mut self, member: MemberId, peer: PeerId) {
+        if self.mailbox.is_some() && self.store.contact(&member).ok().flatten().is_some() {
+            let _ = self.net.send(Command::Hold(peer, true)).await;
+        }
+    }
+
+    /// Mailbox role: a push was answered; push again if envelopes came meanwhile.
+    pub(super) fn pushed(&mut self, group: GroupId, peer: PeerId) {
+        if self.pushes.remove(&(group, peer)) == Some(true) {
+            self.push_fresh(group);
+        }
+    }
+
     /// Mailbox role: answers a member. Deposits are taken from anyone for an owner (a
     /// contact of this node); registrations and news only from owners.
     pub(super) async fn answer_mailbox(
@@ -66,6 +120,10 @@ impl Actor {
         peer: PeerId,
         request: MailboxRequest,
     ) -> MailboxResponse {
+        // Not for the mailbox role: one of this node's own mailboxes pushing.
+        if let MailboxRequest::Fresh { group } = request {
+            return self.fresh_at_mailbox(peer, group);
+        }
         let Some(config) = self.mailbox.clone() else {
             return MailboxResponse::Refused;
         };
@@ -81,6 +139,7 @@ impl Actor {
                 Some(member) => (member, None),
                 None => return MailboxResponse::Refused,
             },
+            MailboxRequest::Fresh { .. } => return MailboxResponse::Refused,
         };
         if !is_owner(&self.store, &owner) {
             return MailboxResponse::Refused;
@@ -122,6 +181,7 @@ impl Actor {
                 self.request_sync(group, peer, 0);
                 MailboxResponse::Done
             }
+            MailboxRequest::Fresh { .. } => MailboxResponse::Refused,
             MailboxRequest::News { after, instance } => {
                 let from = NewsCursor { after, instance };
                 match self.store.mailbox_news(&owner, from, MAX_NEWS_ITEMS) {

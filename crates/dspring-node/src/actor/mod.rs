@@ -48,6 +48,11 @@ fn short_hex(bytes: &[u8]) -> String {
 }
 
 enum Internal {
+    /// Mailbox role: an owner answered (or did not) a push of fresh envelopes of `group`.
+    Pushed {
+        group: GroupId,
+        peer: PeerId,
+    },
     WelcomeTaken {
         member: MemberId,
         group: GroupId,
@@ -102,6 +107,10 @@ struct Actor {
     /// Mailbox role: peers on each served group's topic (where to sync from), and bytes held.
     subscribers: HashMap<GroupId, HashSet<PeerId>>,
     mailbox_bytes: HashMap<GroupId, u64>,
+    /// Mailbox role: pushes ("fresh envelopes") in flight per group and owner, and whether
+    /// another envelope came while one was (then one more is sent when it is answered).
+    /// Bounded by connected owners times their groups.
+    pushes: HashMap<(GroupId, PeerId), bool>,
     /// This node's mailboxes, and their news position read up to (kept in the store).
     own_mailboxes: HashMap<MemberId, NewsCursor>,
     /// News being fetched, per mailbox peer: the cursor moves only once every group the
@@ -243,6 +252,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         memory_release: crate::memory::MemoryRelease::default(),
         mailbox: config.mailbox.clone(),
         subscribers: HashMap::new(),
+        pushes: HashMap::new(),
         mailbox_bytes: HashMap::new(),
         own_mailboxes,
         news_fetching: HashMap::new(),
@@ -338,6 +348,7 @@ impl Actor {
                     self.act_on_leave_requests().await;
                     self.retry_news();
                     self.rest_idle_groups().await;
+                    self.keep_own_mailboxes().await;
                     let busy: Vec<GroupId> = self.connectivity.last_activity.keys().copied().collect();
                     for group in busy {
                         self.connect_group(group).await;

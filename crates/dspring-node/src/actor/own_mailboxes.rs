@@ -30,6 +30,18 @@ pub(super) struct NewsFetch {
 }
 
 impl Actor {
+    /// One of this node's own mailboxes holds new envelopes of `group` (it pushed): sync the
+    /// group from it now. Pushes from anyone else are refused.
+    pub(super) fn fresh_at_mailbox(&mut self, peer: PeerId, group: GroupId) -> MailboxResponse {
+        let own = dspring_net::identity::member(&peer)
+            .is_some_and(|member| self.own_mailboxes.contains_key(&member));
+        if !own || !self.groups.get(&group).is_some_and(Group::is_active) {
+            return MailboxResponse::Refused;
+        }
+        self.request_sync(group, peer, self.sync_position(&group, &peer));
+        MailboxResponse::Done
+    }
+
     /// Remembers a mailbox's addresses as a contact unless it is one already.
     pub(super) async fn remember_mailbox(&mut self, mailbox: &MailboxRef) -> Result<(), NodeError> {
         remember_addresses(&self.net, &mailbox.member, &mailbox.addresses).await;
@@ -83,6 +95,9 @@ impl Actor {
                 }
             }
         }
+        // Connected from now on (the mailbox pushes news over it), whatever the dial above
+        // finds.
+        self.keep_own_mailboxes().await;
         Ok(())
     }
 

@@ -17,6 +17,16 @@ use dspring_proto::{Event, GroupId};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// The nodes' logs on stderr when `RUST_LOG` is set (to look into a failing run).
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub async fn start(dir: &Path) -> Node {
     start_on(dir, "/ip4/127.0.0.1/tcp/0").await
 }
