@@ -289,6 +289,30 @@ fn two_members_meet_again_after_restarts_on_their_ports_and_on_new_ones() {
     for text in ["while asleep 1", "while asleep 2", "moved, first a"] {
         assert_eq!(texts.iter().filter(|t| *t == text).count(), 1, "{texts:?}");
     }
+
+    // B goes away for good: after its dials have failed for half a minute, A's status says
+    // so, for B and for the group, which has nobody else; and stops saying it once B is back.
+    let b_id = b.cli(&["id"])["id"].as_str().unwrap().to_owned();
+    b.stop();
+    let out_of_reach = |status: &Value, key: &str, id: &str| {
+        status[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["member"] == id || entry["group"] == id)
+    };
+    within(SETUP, "a reports b out of reach", || {
+        let status = a.cli(&["status"]);
+        out_of_reach(&status, "out_of_reach", &b_id)
+            && out_of_reach(&status, "groups_out_of_reach", &group)
+    });
+    let b = Daemon::start(b_dir, &[]);
+    delivered(&b, &a, &group, "back", PAIR, "b back: b to a");
+    within(PAIR, "a no longer reports b", || {
+        let status = a.cli(&["status"]);
+        !out_of_reach(&status, "out_of_reach", &b_id)
+            && !out_of_reach(&status, "groups_out_of_reach", &group)
+    });
 }
 
 #[test]

@@ -4,11 +4,11 @@
 
 use std::collections::HashSet;
 
+use dspring_net::Network;
 use dspring_net::wire::{MAX_NEWS_ITEMS, MailboxRequest, MailboxResponse};
-use dspring_net::{Command, Network};
 use dspring_proto::{Group, GroupId, MemberId};
 use dspring_store::{Contact, NewsCursor};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::connectivity::remember_addresses;
@@ -65,7 +65,6 @@ impl Actor {
 
     pub(super) async fn use_mailbox(&mut self, card: ContactCard) -> Result<(), NodeError> {
         let mailbox = card.member;
-        let addresses = card.addresses.clone();
         if self.store.contact(&mailbox)?.is_none() {
             self.add_contact(card, "mailbox".into()).await?;
         }
@@ -83,20 +82,14 @@ impl Actor {
         for group in active {
             self.announce_mailbox(group, mailbox).await;
         }
-        match dspring_net::identity::peer_id(&mailbox) {
-            Ok(peer) if self.connectivity.connected.contains(&peer) => {
-                self.own_mailbox_connected(mailbox, peer)
-            }
-            _ => {
-                for address in addresses {
-                    if let Ok(address) = address.parse::<Multiaddr>() {
-                        let _ = self.net.send(Command::Dial(address)).await;
-                    }
-                }
-            }
+        if let Ok(peer) = dspring_net::identity::peer_id(&mailbox)
+            && self.connectivity.connected.contains(&peer)
+        {
+            self.own_mailbox_connected(mailbox, peer);
         }
-        // Connected from now on (the mailbox pushes news over it), whatever the dial above
-        // finds.
+        // Connected from now on (the mailbox pushes news over it): dialled by id at the
+        // addresses its card gave (one dial; dialling the card's addresses as well opened two
+        // connections, both held).
         self.keep_own_mailboxes().await;
         Ok(())
     }
