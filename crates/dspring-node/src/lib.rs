@@ -103,6 +103,47 @@ pub struct NodeStatus {
     pub groups_out_of_reach: Vec<GroupOutOfReach>,
 }
 
+/// What the other members and the mailboxes of a group hold of this node's messages, as
+/// their syncs showed it (nothing extra is sent for it): per holder, the position
+/// (epoch, index) up to which it holds this node's messages without a gap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    pub held: std::collections::HashMap<MemberId, (u64, u64)>,
+    /// The group's other current members.
+    pub members: Vec<MemberId>,
+}
+
+/// Where one sent message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryState {
+    /// Only this node holds it so far (as far as it knows).
+    Here,
+    /// At least one other member or a mailbox holds it: it survives this device.
+    Held,
+    /// Every other current member holds it.
+    All,
+}
+
+impl Delivery {
+    /// The state of this node's message at `(epoch, index)` (an `Event::Sent`'s position).
+    pub fn of(&self, epoch: u64, index: u64) -> DeliveryState {
+        let holds = |holder: &MemberId| {
+            self.held
+                .get(holder)
+                .is_some_and(|mark| *mark >= (epoch, index))
+        };
+        if !self.members.is_empty() && self.members.iter().all(holds) {
+            DeliveryState::All
+        } else if self.held.keys().any(holds) {
+            DeliveryState::Held
+        } else {
+            DeliveryState::Here
+        }
+    }
+}
+
 /// A member out of reach (see [`NodeStatus::out_of_reach`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -297,6 +338,7 @@ pub(crate) enum Request {
     SetVerified(MemberId, bool, Reply<()>),
     Leave(GroupId, Reply<()>),
     Status(Reply<NodeStatus>),
+    Delivery(GroupId, Reply<Delivery>),
     Messages(GroupId, u64, usize, Reply<Vec<StoredEvent>>),
     EventsSince(u64, usize, Reply<Vec<StoredEvent>>),
     UseMailbox(ContactCard, Reply<()>),
@@ -421,6 +463,11 @@ impl Node {
     /// What the node is doing: outbox, pending welcomes, catch-ups in progress, mailboxes.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         self.ask(Request::Status).await
+    }
+
+    /// How far this node's messages in `group` have got (see [`Delivery::of`]).
+    pub async fn delivery(&self, group: GroupId) -> Result<Delivery, NodeError> {
+        self.ask(|r| Request::Delivery(group, r)).await
     }
 
     /// Asks the group to remove this member. DCGKA has no removal of oneself, so the request

@@ -5,7 +5,7 @@
 use dspring_node::{
     Contact, ContactCard, Node, NodeError, NodeEvent, safety_number, same_safety_number,
 };
-use dspring_node::{Event, GroupId, MemberId, Reachability};
+use dspring_node::{Delivery, DeliveryState, Event, GroupId, MemberId, Reachability};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -625,6 +625,9 @@ pub enum EventBody {
     },
     Sent {
         text: String,
+        /// In `read`: how far it got (`here`, `held`, `all`; see [`delivery_name`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivery: Option<&'static str>,
     },
     Joined {
         by: String,
@@ -653,7 +656,22 @@ pub enum EventBody {
     Other,
 }
 
+/// How `read` names a sent message's [`DeliveryState`]: only on this node so far, held by
+/// another member or a mailbox, held by every other current member.
+pub fn delivery_name(state: DeliveryState) -> &'static str {
+    match state {
+        DeliveryState::Here => "here",
+        DeliveryState::Held => "held",
+        _ => "all",
+    }
+}
+
 pub fn api_event(stored: &NodeEvent) -> ApiEvent {
+    api_event_in(stored, None)
+}
+
+/// An event as `read` shows it: a sent message says how far it got, from `delivery`.
+fn api_event_in(stored: &NodeEvent, delivery: Option<&Delivery>) -> ApiEvent {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     let event = match &stored.event {
         Event::Message {
@@ -662,8 +680,13 @@ pub fn api_event(stored: &NodeEvent) -> ApiEvent {
             sender: member_hex(sender),
             text: text(plaintext),
         },
-        Event::Sent { plaintext, .. } => EventBody::Sent {
+        Event::Sent {
+            plaintext,
+            epoch,
+            index,
+        } => EventBody::Sent {
             text: text(plaintext),
+            delivery: delivery.map(|d| delivery_name(d.of(*epoch, *index))),
         },
         Event::Joined { by } => EventBody::Joined { by: member_hex(by) },
         Event::MemberAdded { by, member } => EventBody::MemberAdded {
@@ -756,7 +779,12 @@ async fn resolve_member(node: &Node, reference: &str) -> Result<MemberId, ApiErr
 
 /// Up to `limit` events after cursor `after`, fetched a few at a time, ending early once
 /// [`MAX_PAGE_BYTES`] of JSON are held.
-async fn bounded_page<F, Fut>(mut after: u64, limit: usize, mut fetch: F) -> Result<Value, ApiError>
+async fn bounded_page<F, Fut>(
+    mut after: u64,
+    limit: usize,
+    delivery: Option<&Delivery>,
+    mut fetch: F,
+) -> Result<Value, ApiError>
 where
     F: FnMut(u64, usize) -> Fut,
     Fut: Future<Output = Result<Vec<NodeEvent>, NodeError>>,
@@ -770,7 +798,7 @@ where
         };
         after = last.cursor;
         for stored in &chunk {
-            let event = json(api_event(stored))?;
+            let event = json(api_event_in(stored, delivery))?;
             bytes += event.to_string().len();
             if !page.is_empty() && bytes > MAX_PAGE_BYTES {
                 return Ok(Value::Array(page));
@@ -976,12 +1004,16 @@ pub async fn call(node: &Node, name: &str, params: Value) -> Result<Value, ApiEr
             let p: Read = parse(params)?;
             let id = resolve_group(node, &p.group).await?;
             let limit = p.limit.unwrap_or(100).min(MAX_READ);
-            bounded_page(p.after, limit, |after, n| node.messages(id, after, n)).await
+            let delivery = node.delivery(id).await?;
+            bounded_page(p.after, limit, Some(&delivery), |after, n| {
+                node.messages(id, after, n)
+            })
+            .await
         }
         "events" => {
             let p: Events = parse(params)?;
             let limit = p.limit.unwrap_or(100).min(MAX_EVENTS_PAGE);
-            bounded_page(p.after, limit, |after, n| node.events_since(after, n)).await
+            bounded_page(p.after, limit, None, |after, n| node.events_since(after, n)).await
         }
         "status" => {
             let network = node.network_status().await?;
@@ -1070,7 +1102,10 @@ mod tests {
                 sender: s(),
                 text: s(),
             },
-            EventBody::Sent { text: s() },
+            EventBody::Sent {
+                text: s(),
+                delivery: None,
+            },
             EventBody::Joined { by: s() },
             EventBody::MemberAdded {
                 by: s(),

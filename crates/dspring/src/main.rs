@@ -749,7 +749,15 @@ fn describe_event(event: &Value) -> String {
             short(text_of(event, "sender")),
             text_of(event, "text")
         ),
-        "sent" => format!("me: {}", text_of(event, "text")),
+        // ✓ another member or a mailbox holds it, ✓✓ every member does (only `read` says).
+        "sent" => {
+            let mark = match text_of(event, "delivery") {
+                "held" => " ✓",
+                "all" => " ✓✓",
+                _ => "",
+            };
+            format!("me: {}{mark}", text_of(event, "text"))
+        }
         "joined" => format!("joined (added by {})", short(text_of(event, "by"))),
         "member_added" => format!(
             "{} added {}",

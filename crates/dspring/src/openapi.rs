@@ -84,6 +84,7 @@ fn event_schema() -> Value {
             "kind": {"type": "string", "enum": EVENT_KINDS},
             "sender": {"type": "string", "description": "message, unreadable: the sender's member id."},
             "text": {"type": "string", "description": "message, sent: the text."},
+            "delivery": {"type": "string", "enum": ["here", "held", "all"], "description": "sent, in `read`: how far it got, as the other members' and mailboxes' syncs showed it: `here` (only this node holds it so far), `held` (another member or a mailbox holds it: it survives this device), `all` (every other current member holds it)."},
             "by": {"type": "string", "description": "joined, member_added, member_removed, removed_me: who did it."},
             "member": {"type": "string", "description": "member_added, member_removed, key_updated: whom it concerns."}
         }

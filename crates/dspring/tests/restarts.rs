@@ -157,6 +157,18 @@ fn delivered(from: &Daemon, to: &Daemon, group: &str, text: &str, limit: Duratio
     within(limit, what, || to.texts(group).iter().any(|t| t == text));
 }
 
+/// How far `text` (sent by `daemon`) got, as `read` says: `here`, `held` or `all`.
+fn delivery_of(daemon: &Daemon, group: &str, text: &str) -> String {
+    daemon
+        .cli(&["read", group, "--limit", "100"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "sent" && e["text"] == text)
+        .map(|e| e["delivery"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
 /// New data directories, initialised; every daemon knows every other's card.
 fn profiles(n: usize) -> Vec<tempfile::TempDir> {
     let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -306,8 +318,17 @@ fn two_members_meet_again_after_restarts_on_their_ports_and_on_new_ones() {
         out_of_reach(&status, "out_of_reach", &b_id)
             && out_of_reach(&status, "groups_out_of_reach", &group)
     });
+    // What A sends now only A holds, and its `read` says so; once B is back and has synced
+    // it, it says every member holds it.
+    a.cli(&["send", &group, "while b is gone"]);
+    assert_eq!(delivery_of(&a, &group, "while b is gone"), "here");
     let b = Daemon::start(b_dir, &[]);
     delivered(&b, &a, &group, "back", PAIR, "b back: b to a");
+    within(
+        SETUP,
+        "a sees that b holds what it sent while b was gone",
+        || delivery_of(&a, &group, "while b is gone") == "all",
+    );
     within(PAIR, "a no longer reports b", || {
         let status = a.cli(&["status"]);
         !out_of_reach(&status, "out_of_reach", &b_id)

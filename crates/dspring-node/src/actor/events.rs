@@ -86,6 +86,7 @@ impl Actor {
                 self.answer_direct(id, accepted).await;
             }
             NetEvent::SyncRequested { id, peer, request } => {
+                self.note_marks(request.group, peer, &request.marks);
                 let response = self.sync_page(peer, &request);
                 let _ = self.net.send(Command::AnswerSync { id, response }).await;
             }

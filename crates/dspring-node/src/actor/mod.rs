@@ -4,6 +4,7 @@
 //! concern into the modules below, which `events` and `requests` dispatch to.
 
 mod connectivity;
+mod delivery;
 mod events;
 mod groups;
 mod leave;
@@ -111,6 +112,8 @@ struct Actor {
     /// another envelope came while one was (then one more is sent when it is answered).
     /// Bounded by connected owners times their groups.
     pushes: HashMap<(GroupId, PeerId), bool>,
+    /// Per group, what each member and mailbox holds of this node's messages (`delivery`).
+    held_by: HashMap<GroupId, HashMap<MemberId, (u64, u64)>>,
     /// This node's mailboxes, and their news position read up to (kept in the store).
     own_mailboxes: HashMap<MemberId, NewsCursor>,
     /// News being fetched, per mailbox peer: the cursor moves only once every group the
@@ -253,6 +256,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         mailbox: config.mailbox.clone(),
         subscribers: HashMap::new(),
         pushes: HashMap::new(),
+        held_by: HashMap::new(),
         mailbox_bytes: HashMap::new(),
         own_mailboxes,
         news_fetching: HashMap::new(),

@@ -55,6 +55,9 @@ impl Actor {
                 let result = self.local(group, |g, _, rng| Ok(g.update(rng)?)).await;
                 let _ = reply.send(result);
             }
+            Request::Delivery(group, reply) => {
+                let _ = reply.send(self.delivery(&group).ok_or(NodeError::UnknownGroup));
+            }
             Request::Status(reply) => {
                 let status = self.status();
                 let _ = reply.send(status);
