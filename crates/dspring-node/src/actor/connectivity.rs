@@ -34,6 +34,9 @@ pub(super) struct Connectivity {
     pub(super) connected: HashSet<PeerId>,
     /// When this node's DHT record was last stored by the network.
     pub(super) record_published: Option<tokio::time::Instant>,
+    /// A publish of it is under way, and whether another was asked for meanwhile.
+    pub(super) record_in_flight: bool,
+    pub(super) record_again: bool,
     /// Busy groups (on their topic, their members dialled) and when each last had an
     /// envelope; a group absent here is idle: off its topic, so it holds no connections.
     pub(super) last_activity: HashMap<GroupId, tokio::time::Instant>,
@@ -46,11 +49,12 @@ pub(super) struct Connectivity {
 }
 
 impl Actor {
-    /// The catch-up at start: every group starts busy, so its members are wanted now (each
+    /// The catch-up at start: the DHT record goes out, every group starts busy, so its members are wanted now (each
     /// connection starts a sync of what is shared with that peer), and so are this node's
     /// own mailboxes (a news request) and its groups' mailboxes. The network retries the
     /// dials that fail, and finds where peers that moved are now.
     pub(super) async fn connect_at_start(&mut self) {
+        self.publish_record();
         let busy: Vec<GroupId> = self.connectivity.last_activity.keys().copied().collect();
         for group in busy {
             self.connect_group(group).await;
@@ -177,8 +181,14 @@ impl Actor {
     }
 
     /// Publishes this node's signed record (prekey, addresses, mailboxes) in the DHT, in the
-    /// background; retried at the next round until the network stored it.
-    pub(super) fn publish_record(&self) {
+    /// background: at start, when the addresses change, when a peer connects while no
+    /// publish has succeeded yet (a node starts with an empty DHT), and at the rounds until
+    /// one has. One at a time; one asked for meanwhile follows it, with what is current then.
+    pub(super) fn publish_record(&mut self) {
+        if self.connectivity.record_in_flight {
+            self.connectivity.record_again = true;
+            return;
+        }
         let mailboxes: Vec<MailboxRef> = self
             .own_mailboxes
             .keys()
@@ -203,14 +213,29 @@ impl Actor {
         };
         let key = crate::record::key(&self.device.id());
         let (net, internal) = (self.net.clone(), self.internal.clone());
+        self.connectivity.record_in_flight = true;
         tokio::spawn(async move {
-            match net.put_record(key, value, RECORD_LIFETIME).await {
-                Ok(()) => {
-                    let _ = internal.send(Internal::RecordPublished).await;
+            let stored = match net.put_record(key, value, RECORD_LIFETIME).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%error, "publishing the DHT record");
+                    false
                 }
-                Err(error) => tracing::debug!(%error, "publishing the DHT record"),
-            }
+            };
+            let _ = internal.send(Internal::RecordPublished { stored }).await;
         });
+    }
+
+    /// A publish of the DHT record ended (`stored`: the network took it).
+    pub(super) fn record_published(&mut self, stored: bool) {
+        self.connectivity.record_in_flight = false;
+        if stored {
+            self.connectivity.record_published = Some(tokio::time::Instant::now());
+        }
+        if std::mem::take(&mut self.connectivity.record_again) {
+            self.connectivity.record_published = None;
+            self.publish_record();
+        }
     }
 
     pub(super) fn addresses_of(&self, member: &MemberId) -> Vec<String> {

@@ -111,6 +111,10 @@ impl Actor {
             }
             NetEvent::Connected(peer) => {
                 self.connectivity.connected.insert(peer);
+                // The DHT has a peer now: the record may go where it could not.
+                if self.connectivity.record_published.is_none() {
+                    self.publish_record();
+                }
                 self.connectivity.unreachable.remove(&peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
                     self.hold_owner(member, peer).await;
@@ -155,9 +159,7 @@ impl Actor {
                 peer,
                 response,
             } => self.news_arrived(mailbox, peer, response).await,
-            Internal::RecordPublished => {
-                self.connectivity.record_published = Some(tokio::time::Instant::now());
-            }
+            Internal::RecordPublished { stored } => self.record_published(stored),
             Internal::NewsUnanswered { mailbox } => self.news_unanswered(mailbox),
             Internal::SyncFailed { group, peer } => self.sync_failed(group, peer),
             Internal::Deposited {

@@ -81,8 +81,10 @@ enum Internal {
         peer: PeerId,
         response: MailboxResponse,
     },
-    /// This node's DHT record was stored by the network.
-    RecordPublished,
+    /// A publish of this node's DHT record ended; `stored`: the network took it.
+    RecordPublished {
+        stored: bool,
+    },
     /// A welcome for `member` is held by its mailbox.
     Deposited {
         member: MemberId,
@@ -246,6 +248,8 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             addresses,
             connected: HashSet::new(),
             record_published: None,
+            record_in_flight: false,
+            record_again: false,
             last_activity,
             idle_group_after: config.idle_group_after,
             unreachable: HashMap::new(),
