@@ -373,3 +373,80 @@ fn two_members_who_both_moved_meet_directly_through_a_third_they_share() {
     delivered(&b, &a, &group, "direct b", TRIO, "b to a with c asleep");
     c.signal("-CONT");
 }
+
+/// Twenty daemons in one group, created by the first from the others' cards: the members know
+/// no one's address but the creator's, and find each other through it. While five of them
+/// write, a third of the nodes (the creator among them) restart on new ports, twice. Every message reaches every
+/// member, each once.
+#[test]
+fn twenty_members_with_a_third_restarting_on_new_ports_all_get_everything_once() {
+    const NODES: usize = 20;
+    const RESTARTING: usize = NODES / 3;
+    const WRITERS: usize = 5;
+    let dirs = profiles(NODES);
+    let mut daemons: Vec<Option<Daemon>> = dirs
+        .iter()
+        .map(|d| Some(Daemon::start(d.path(), &[])))
+        .collect();
+    let creator = daemons[0].as_ref().unwrap();
+    let mut args = vec!["group".to_owned(), "create".to_owned(), "twenty".to_owned()];
+    for (j, daemon) in daemons.iter().enumerate().skip(1) {
+        let card = daemon.as_ref().unwrap().card();
+        let name = format!("peer{j}");
+        creator.cli(&["contact", "add", &card, "--name", &name]);
+        args.extend(["--member".to_owned(), name]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let group = creator.cli(&args)["id"].as_str().unwrap().to_owned();
+    for daemon in daemons.iter().skip(1) {
+        let daemon = daemon.as_ref().unwrap();
+        within(SETUP, "a member joins", || {
+            daemon
+                .cli(&["group", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["id"] == group.as_str())
+        });
+    }
+    let mut sent: Vec<String> = Vec::new();
+    // The restarting third includes the creator, the only node whose card the others had:
+    // after it moves, the members reach each other with what they learnt of each other.
+    let restarting: Vec<usize> = (0..NODES).filter(|i| i % 3 == 0).take(RESTARTING).collect();
+    let writers: Vec<usize> = (0..NODES)
+        .filter(|i| !restarting.contains(i))
+        .take(WRITERS)
+        .collect();
+    for round in 0..3 {
+        for &w in &writers {
+            let text = format!("round {round} from {w}");
+            daemons[w].as_ref().unwrap().cli(&["send", &group, &text]);
+            sent.push(text);
+        }
+        if round < 2 {
+            // A third restart on new ports, while the others go on.
+            for &i in &restarting {
+                daemons[i].take().unwrap().stop();
+                daemons[i] = Some(Daemon::start(dirs[i].path(), &NEW_PORTS));
+            }
+        }
+    }
+    let start = Instant::now();
+    for (i, daemon) in daemons.iter().enumerate() {
+        let daemon = daemon.as_ref().unwrap();
+        within(SETUP, &format!("member {i} has every message"), || {
+            let texts = daemon.texts(&group);
+            sent.iter().all(|t| texts.contains(t))
+        });
+        let texts = daemon.texts(&group);
+        for text in &sent {
+            let count = texts.iter().filter(|t| *t == text).count();
+            assert_eq!(count, 1, "member {i}: {text:?} {count} times");
+        }
+    }
+    println!(
+        "every member had all {} messages {} ms after the last send",
+        sent.len(),
+        start.elapsed().as_millis()
+    );
+}
