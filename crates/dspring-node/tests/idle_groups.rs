@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{has_all, introduce, until};
+use common::{has_all, introduce, until, until_within};
 use dspring_node::{Node, NodeConfig};
 
 async fn start_quick_to_idle(dir: &std::path::Path) -> Node {
@@ -61,13 +61,18 @@ async fn an_idle_group_closes_its_connections_and_a_message_wakes_it() {
     })
     .await;
 
-    // B writes: the group wakes up, B dials A, and A receives it.
+    // B writes: the group wakes up, B dials A, and A receives it, well within the 1 s the
+    // issue asks for (p90, measured by `dspring-reachbench`); this wait allows ten.
+    let sent = tokio::time::Instant::now();
     b.send(group, b"after a pause").await.unwrap();
     expected.insert("after a pause".to_owned());
-    until("the message after the pause arrives", async || {
-        has_all(&a, group, &expected).await
-    })
+    until_within(
+        "the message after the pause arrives",
+        Duration::from_secs(10),
+        async || has_all(&a, group, &expected).await,
+    )
     .await;
+    println!("woke in {} ms", sent.elapsed().as_millis());
     assert!(connections(&a).await > 0, "the woken group is connected");
     // And the conversation goes on both ways.
     a.send(group, b"welcome back").await.unwrap();
