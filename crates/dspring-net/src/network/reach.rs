@@ -160,8 +160,13 @@ impl Task {
             }
             request_response::Message::Response { response, .. } => {
                 tracing::debug!(records = response.records.len(), "where-is answered");
+                // Only records of peers this node is looking for: a peer answering with
+                // records of other keys (valid ones cost it nothing to make) would otherwise
+                // push real entries out of the bounded address book.
                 for record in response.records.iter().take(MAX_WHERE_PEERS) {
-                    self.take_record(record, Source::PassedOn, true);
+                    if verify_record(record).is_some_and(|(peer, _)| self.wanted.is_wanted(&peer)) {
+                        self.take_record(record, Source::PassedOn, true);
+                    }
                 }
             }
         }
