@@ -22,6 +22,9 @@ use futures::StreamExt;
 pub(crate) static HEAP: cap::Cap<std::alloc::System> =
     cap::Cap::new(std::alloc::System, usize::MAX);
 
+/// How often the heap's peak is sampled while the nodes run.
+pub(crate) const HEAP_SAMPLING: Duration = Duration::from_millis(20);
+
 /// The message size of the scenario.
 pub(crate) const MESSAGE: usize = 1024;
 

@@ -32,12 +32,11 @@ mod common;
 mod lean;
 
 use common::{
-    Arrivals, DRAIN, HEAP, MESSAGE, SETTLE_LIMIT, SETTLE_STEP, SETTLED_CORES, SETUP_LIMIT, body,
-    cores_over, cpu, delivered, follow, number_of, percentile, rss, send_steadily, wait_for,
+    Arrivals, DRAIN, HEAP, HEAP_SAMPLING, MESSAGE, SETTLE_LIMIT, SETTLE_STEP, SETTLED_CORES,
+    SETUP_LIMIT, body, cores_over, cpu, delivered, follow, number_of, percentile, rss,
+    send_steadily, wait_for,
 };
 
-/// How often the heap's peak is sampled while the nodes run.
-const HEAP_SAMPLING: Duration = Duration::from_millis(20);
 /// How long the idle cost is measured: two maintenance rounds of every node.
 const IDLE_WINDOW: Duration = Duration::from_secs(20);
 

@@ -39,8 +39,8 @@ use dspring_node::{
 mod common;
 
 use common::{
-    Arrivals, DRAIN, HEAP, MESSAGE, SETTLE_LIMIT, SETTLE_STEP, SETTLED_CORES, cores_over,
-    delivered, follow, percentile, rss, send_steadily, wait_for,
+    Arrivals, DRAIN, HEAP, HEAP_SAMPLING, MESSAGE, SETTLE_LIMIT, SETTLE_STEP, SETTLED_CORES,
+    cores_over, delivered, follow, percentile, rss, send_steadily, wait_for,
 };
 
 /// How often a receiver's messages are read while a message is on its way.
@@ -467,6 +467,8 @@ struct Row {
     measured: String,
     target: String,
     met: Option<bool>,
+    /// Said beside a "yes".
+    caveat: Option<String>,
 }
 
 impl Row {
@@ -477,7 +479,21 @@ impl Row {
             measured,
             target: target.into(),
             met,
+            caveat: None,
         }
+    }
+
+    /// A timed figure met at its p90 although some of its messages never arrived says so.
+    fn noting_missed(mut self, times: &Times) -> Self {
+        if self.met == Some(true) && times.missed() > 0 {
+            self.caveat = Some(format!(
+                "at p90, but {} of {} not read within {} s",
+                times.missed(),
+                times.0.len(),
+                DELIVERY_LIMIT.as_secs()
+            ));
+        }
+        self
     }
 }
 
@@ -505,13 +521,16 @@ async fn restart_one(options: &Options) -> Result<Vec<Row>, String> {
         tokio::time::sleep(BETWEEN).await;
     }
     stop_all(&[&a, &b]).await;
-    Ok(vec![Row::new(
-        1,
-        "1. restart, one peer on a new port: from A's start until B reads A's message",
-        times.summary(),
-        "≤ 2 s p90",
-        times.met(RESTART_TARGET),
-    )])
+    Ok(vec![
+        Row::new(
+            1,
+            "1. restart, one peer on a new port: from A's start until B reads A's message",
+            times.summary(),
+            "≤ 2 s p90",
+            times.met(RESTART_TARGET),
+        )
+        .noting_missed(&times),
+    ])
 }
 
 /// A, B and C in a group of three (C stays up on its port); returns the group.
@@ -559,7 +578,8 @@ async fn restart_two(options: &Options) -> Result<Vec<Row>, String> {
         times.summary(),
         "≤ 2 s p90",
         times.met(RESTART_TARGET),
-    )])
+    )
+    .noting_missed(&times)])
 }
 
 /// Figure 3: after A and B restarted on new ports and exchanged a first message, the group
@@ -596,7 +616,8 @@ async fn idle_wake(options: &Options) -> Result<Vec<Row>, String> {
         ),
         "≤ 1 s p90",
         times.met(WAKE_TARGET),
-    )])
+    )
+    .noting_missed(&times)])
 }
 
 /// Figure 4: S writes to M, whose group went idle; X is M's mailbox. First with S able to dial
@@ -683,13 +704,10 @@ async fn mailbox_push(options: &Options) -> Result<Vec<Row>, String> {
         if runs < options.repeats {
             measured += &format!("; stopped after {MAILBOX_GIVE_UP} in a row did not arrive");
         }
-        rows.push(Row::new(
-            4,
-            name,
-            measured,
-            "≤ 1 s p90",
-            times.met(MAILBOX_TARGET),
-        ));
+        rows.push(
+            Row::new(4, name, measured, "≤ 1 s p90", times.met(MAILBOX_TARGET))
+                .noting_missed(&times),
+        );
     }
     stop_all(&[&s, &m, &x]).await;
     Ok(rows)
@@ -712,6 +730,18 @@ async fn idle_groups(options: &Options) -> Result<Vec<Row>, String> {
     p.start_again_on(p_listen).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (heap_before, rss_before) = (HEAP.allocated(), rss());
+    // The heap's peak while the groups form and go idle: RSS keeps what glibc does not give
+    // back of it.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(heap_before));
+    let sampler = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(HEAP.allocated(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(HEAP_SAMPLING).await;
+            }
+        }
+    });
 
     let creating = Instant::now();
     let mut groups = Vec::with_capacity(n);
@@ -744,14 +774,17 @@ async fn idle_groups(options: &Options) -> Result<Vec<Row>, String> {
     let (idle, _) = wait_idle(&[&h.node, &p.node], &[&h.node], none_open).await?;
     tokio::time::sleep(IDLE_SETTLE).await;
     let (heap_after, rss_after) = (HEAP.allocated(), rss());
+    sampler.abort();
+    let heap_peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "figure 5: Rust heap: H alone {heap_h_alone} B; H and P before the groups {heap_before} B, \
          after {heap_after} B; RSS before {rss_before} B, after {rss_after} B"
     );
     let status = h.node.status().await.map_err(error)?;
     eprintln!(
-        "figure 5: idle and closed: {idle}; busy groups at H {}",
-        status.busy_groups
+        "figure 5: idle and closed: {idle}; at H: busy groups {}, outbox {}, awaiting \
+         welcome {}; Rust heap's peak {heap_peak} B",
+        status.busy_groups, status.outbox, status.awaiting_welcome
     );
 
     let sent_before = h.node.network_status().await.map_err(error)?.sent;
@@ -759,6 +792,7 @@ async fn idle_groups(options: &Options) -> Result<Vec<Row>, String> {
     tokio::time::sleep(options.idle_window).await;
     let after = h.node.network_status().await.map_err(error)?;
     let window = window_start.elapsed().as_secs_f64();
+    let heap_later = HEAP.allocated();
     let per_second = after.sent.saturating_sub(sent_before) as f64 / window / n as f64;
 
     // H alone, as before the groups: P stopped.
@@ -781,7 +815,12 @@ async fn idle_groups(options: &Options) -> Result<Vec<Row>, String> {
             &format!(
                 "5. {label}: process Rust heap growth / groups (H and P both hold every group)"
             ),
-            format!("{} B", heap_both.round()),
+            format!(
+                "{} B ({} B after the {:.0} s window that follows)",
+                heap_both.round(),
+                per_group(heap_later, heap_before).round(),
+                options.idle_window.as_secs_f64()
+            ),
             "≤ 4 KiB",
             within(heap_both),
         ),
@@ -797,7 +836,11 @@ async fn idle_groups(options: &Options) -> Result<Vec<Row>, String> {
         Row::new(
             5,
             &format!("5. {label}: process RSS growth / groups (H and P, with SQLite's memory)"),
-            format!("{} B", rss_both.round()),
+            format!(
+                "{} B (the Rust heap's peak while the groups formed: {} B / groups)",
+                rss_both.round(),
+                per_group(heap_peak, heap_before).round()
+            ),
             "≤ 4 KiB",
             within(rss_both),
         ),
@@ -1043,10 +1086,11 @@ fn print_table(options: &Options, rows: &[Row], took: Duration) {
     println!("| figure | measured | target | met? |");
     println!("|---|---|---|---|");
     for row in rows {
-        let met = match row.met {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "–",
+        let met = match (row.met, &row.caveat) {
+            (Some(true), Some(caveat)) => format!("yes {caveat}"),
+            (Some(true), None) => "yes".into(),
+            (Some(false), _) => "no".into(),
+            (None, _) => "–".into(),
         };
         println!(
             "| {} | {} | {} | {met} |",
