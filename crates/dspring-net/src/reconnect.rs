@@ -1,6 +1,7 @@
 //! Peers the node wants connected, and when to dial each again. A dial that fails is tried
-//! again with backoff, and sets off a search for the peer's current addresses (a DHT lookup,
-//! and asking connected peers for its signed record); a peer that stays out of reach for
+//! again with backoff and sets off one DHT lookup; connected peers are asked for the peer's
+//! signed record when the wish starts and then on the same backoff, whatever the dials do
+//! (a dial can hang on a handshake timeout). A peer that stays out of reach for
 //! [`UNREACHABLE_AFTER`] is reported once, then tried at [`SLOW_RETRY`] until the node stops
 //! asking for it. Time comes in as a parameter, so that the schedule is tested without
 //! waiting.

@@ -1,6 +1,6 @@
 //! Reaching the peers the node asks for: dials, retries with backoff (`reconnect`), signed
-//! records kept in the address book, and "where is" requests to connected peers when a dial
-//! fails, so that two peers who both moved still meet through anyone connected to both.
+//! records kept in the address book, and "where is" requests to connected peers while a wish
+//! waits, so that two peers who both moved still meet through anyone connected to both.
 
 use libp2p::PeerId;
 use libp2p::request_response;
@@ -12,7 +12,7 @@ use super::{Event, Task};
 use crate::address_book::{Source, Taken, verify_record};
 use crate::wire::{MAX_WHERE_PEERS, WhereRequest, WhereResponse};
 
-/// Connected peers asked where a peer is, per failed dial round: the node's connected peers
+/// Connected peers asked where a peer is, per ask: the node's connected peers
 /// are mostly fellow members and mailboxes, any of which may have seen the peer since it
 /// moved. Each answer is at most a few kilobytes.
 const WHERE_ASKED: usize = 8;
@@ -62,13 +62,12 @@ impl Task {
     }
 
     /// A dial of `peer` failed (every address it was tried at): if the node wants it, a
-    /// retry is scheduled, connected peers are asked where it is, the DHT is searched once,
-    /// and a lasting failure is reported.
+    /// retry is scheduled, the DHT is searched once, and a lasting failure is reported.
+    /// (Connected peers are asked where it is on the wish's own schedule, `reconnect`.)
     pub(super) fn dial_failed(&mut self, peer: PeerId) {
         let Some(after) = self.wanted.dial_failed(&peer, Instant::now()) else {
             return;
         };
-        self.seek(peer);
         if after.look_up {
             self.look_up(peer);
         }

@@ -49,24 +49,15 @@ pub(super) struct Connectivity {
 }
 
 impl Actor {
-    /// The catch-up at start: the DHT record goes out, every group starts busy, so its members are wanted now (each
-    /// connection starts a sync of what is shared with that peer), and so are this node's
-    /// own mailboxes (a news request) and its groups' mailboxes. The network retries the
-    /// dials that fail, and finds where peers that moved are now.
+    /// The catch-up at start: the DHT record goes out, and every group starts busy, so its
+    /// ring and its mailboxes are wanted now (each connection starts a sync of what is
+    /// shared with that peer), and so are this node's own mailboxes (a news request). The
+    /// network retries the dials that fail, and finds where peers that moved are now.
     pub(super) async fn connect_at_start(&mut self) {
         self.publish_record();
         let busy: Vec<GroupId> = self.connectivity.last_activity.keys().copied().collect();
         for group in busy {
             self.connect_group(group).await;
-        }
-        let mut mailboxes: HashSet<MemberId> = self.own_mailboxes.keys().copied().collect();
-        mailboxes.extend(self.group_mailboxes.values().flatten().copied());
-        for mailbox in mailboxes {
-            if let Ok(peer) = dspring_net::identity::peer_id(&mailbox)
-                && mailbox != self.device.id()
-            {
-                let _ = self.net.send(Command::Connect(peer)).await;
-            }
         }
         self.keep_own_mailboxes().await;
     }
