@@ -54,6 +54,7 @@ mod actor;
 mod card;
 mod content;
 mod memory;
+mod notice;
 pub mod record;
 mod safety;
 
@@ -70,6 +71,7 @@ pub use dspring_proto::{Event, GroupId, MemberId};
 pub use dspring_store::Invitation;
 pub use libp2p::Multiaddr;
 pub use libp2p::multiaddr::Protocol;
+pub use notice::{LIVE_NOTICES, Notice};
 pub use safety::{safety_number, same_safety_number};
 
 /// What the node is doing, for a status display.
@@ -127,6 +129,20 @@ pub enum DeliveryState {
 }
 
 impl Delivery {
+    /// Up to where another member or a mailbox holds this node's messages.
+    pub fn held_up_to(&self) -> Option<(u64, u64)> {
+        self.held.values().max().copied()
+    }
+
+    /// Up to where every other current member holds them (`None` with no other member).
+    pub fn all_up_to(&self) -> Option<(u64, u64)> {
+        self.members
+            .iter()
+            .map(|m| self.held.get(m).copied())
+            .min()
+            .flatten()
+    }
+
     /// The state of this node's message at `(epoch, index)` (an `Event::Sent`'s position).
     pub fn of(&self, epoch: u64, index: u64) -> DeliveryState {
         let holds = |holder: &MemberId| {
@@ -369,6 +385,7 @@ struct EventsState {
 pub struct Node {
     requests: mpsc::Sender<Request>,
     live: broadcast::Sender<StoredEvent>,
+    notices: broadcast::Sender<Notice>,
     /// Resolves (with an error) when the actor has stopped.
     stopped: tokio::sync::watch::Receiver<()>,
     id: MemberId,

@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dspring_node::GroupId;
-use dspring_node::{Node, NodeConfig};
+use dspring_node::{Node, NodeConfig, Notice};
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -437,12 +437,17 @@ async fn events(
         .into_response()
 }
 
+/// Stored events (SSE event `event`, id: the cursor) and, between them as they happen,
+/// notices (SSE event `notice`, no id: they are not kept, so Last-Event-ID resumes the
+/// events only). With a group, only that group's events and delivery notices, and every
+/// reach notice (members are the node's, not a group's).
 fn event_stream(
     node: &Node,
     after: u64,
     only: Option<GroupId>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<> {
-    node.events(after)
+    let events = node
+        .events(after)
         .filter(move |stored| std::future::ready(only.is_none_or(|group| stored.group == group)))
         .map(|stored| {
             let event = api::api_event(&stored);
@@ -451,7 +456,23 @@ fn event_stream(
                 .id(stored.cursor.to_string())
                 .event("event")
                 .data(data))
+        });
+    let notices = node
+        .notices()
+        .filter(move |notice| {
+            let shown = match notice {
+                Notice::Delivery { group, .. } => only.is_none_or(|only| only == *group),
+                _ => true,
+            };
+            std::future::ready(shown)
         })
+        .filter_map(|notice| std::future::ready(api::api_notice(&notice)))
+        .map(|notice| {
+            let data = serde_json::to_string(&notice).unwrap_or_default();
+            Ok(SseEvent::default().event("notice").data(data))
+        });
+    // The events end when the node stops; so do the notices.
+    futures::stream::select(events, notices)
 }
 
 #[derive(Deserialize)]

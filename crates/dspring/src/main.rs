@@ -741,6 +741,9 @@ fn describe_reachability(status: &Value) -> String {
 }
 
 fn describe_event(event: &Value) -> String {
+    if event.get("cursor").is_none() {
+        return describe_notice(event);
+    }
     let group = short(text_of(event, "group"));
     let cursor = event.get("cursor").and_then(Value::as_u64).unwrap_or(0);
     let body = match text_of(event, "kind") {
@@ -783,6 +786,30 @@ fn describe_event(event: &Value) -> String {
         other => format!("({other})"),
     };
     format!("#{cursor} [{group}] {body}")
+}
+
+/// A notice of the event stream (no cursor: not kept).
+fn describe_notice(notice: &Value) -> String {
+    let position = |key: &str| {
+        notice.get(key).filter(|p| !p.is_null()).map_or_else(
+            || "none".to_owned(),
+            |p| {
+                let number = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+                format!("{}.{}", number("epoch"), number("index"))
+            },
+        )
+    };
+    match text_of(notice, "kind") {
+        "out_of_reach" => format!("! {} is out of reach", short(text_of(notice, "member"))),
+        "back_in_reach" => format!("! {} is back in reach", short(text_of(notice, "member"))),
+        "delivery" => format!(
+            "! [{}] my messages held by another member or a mailbox up to {} (✓), by every member up to {} (✓✓)",
+            short(text_of(notice, "group")),
+            position("held"),
+            position("all")
+        ),
+        other => format!("! ({other})"),
+    }
 }
 
 fn print_human(method: &str, result: &Value) {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::api::{EVENT_KINDS, Field, Kind, METHODS, Param, Shape, Ty};
+use crate::api::{EVENT_KINDS, Field, Kind, METHODS, NOTICE_KINDS, Param, Shape, Ty};
 
 /// The JSON schema of a method's parameters: an object with exactly these fields.
 fn params_schema(params: &[Param]) -> Value {
@@ -84,9 +84,36 @@ fn event_schema() -> Value {
             "kind": {"type": "string", "enum": EVENT_KINDS},
             "sender": {"type": "string", "description": "message, unreadable: the sender's member id."},
             "text": {"type": "string", "description": "message, sent: the text."},
+            "epoch": {"type": "integer", "minimum": 0, "description": "sent: its position in this node's messages (with `index`), as `delivery` notices name it."},
+            "index": {"type": "integer", "minimum": 0, "description": "sent: see `epoch`."},
             "delivery": {"type": "string", "enum": ["here", "held", "all"], "description": "sent, in `read`: how far it got, as the other members' and mailboxes' syncs showed it: `here` (only this node holds it so far), `held` (another member or a mailbox holds it: it survives this device), `all` (every other current member holds it)."},
             "by": {"type": "string", "description": "joined, member_added, member_removed, removed_me: who did it."},
             "member": {"type": "string", "description": "member_added, member_removed, key_updated: whom it concerns."}
+        }
+    })
+}
+
+/// A notice of the event stream: not kept, no cursor (`status` and `read` give the state).
+fn notice_schema() -> Value {
+    let position = |description: &str| {
+        json!({
+            "type": ["object", "null"],
+            "description": description,
+            "required": ["epoch", "index"],
+            "properties": {"epoch": {"type": "integer", "minimum": 0}, "index": {"type": "integer", "minimum": 0}}
+        })
+    };
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["kind"],
+        "properties": {
+            "kind": {"type": "string", "enum": NOTICE_KINDS},
+            "member": {"type": "string", "description": "out_of_reach, back_in_reach: the member or mailbox (hex)."},
+            "since_ms": {"type": "integer", "minimum": 0, "description": "out_of_reach: when its dials began to fail, in ms since the Unix epoch."},
+            "group": {"type": "string", "description": "delivery: the group (hex)."},
+            "held": position("delivery: up to this position (of `sent` events) another member or a mailbox holds this node's messages; null: none yet."),
+            "all": position("delivery: up to this position every other current member holds them; null: not yet.")
         }
     })
 }
@@ -125,7 +152,7 @@ pub fn document() -> Value {
     // both operations.
     let stream = json!({
         "operationId": "events.stream",
-        "summary": "Server-Sent Events: stored events after the cursor, then live ones. Each event's id is its cursor; reconnect with Last-Event-ID to resume.",
+        "summary": "Server-Sent Events: stored events after the cursor, then live ones (SSE event `event`, an `Event`; its id is its cursor: reconnect with Last-Event-ID to resume). Between them, as they happen, notices (SSE event `notice`, a `Notice`, no id: not kept; `status` and `read` give the current state): members out of reach and back, and how far this node's messages got.",
         "security": [{"bearer": []}],
         "parameters": [
             {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
@@ -183,6 +210,7 @@ pub fn document() -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Event": event_schema(),
+                "Notice": notice_schema(),
                 "Error": {
                     "type": "object",
                     "required": ["code", "message"],

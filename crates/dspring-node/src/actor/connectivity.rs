@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use super::{Actor, Internal, now_ms};
 use crate::card::MailboxRef;
 use crate::record::RECORD_LIFETIME;
-use crate::{ContactCard, GroupOutOfReach, NodeError, OutOfReach};
+use crate::{ContactCard, GroupOutOfReach, NodeError, Notice, OutOfReach};
 
 /// Each member keeps connections to the next few members of each busy group in the ring of
 /// member ids: a ring is connected, so a group whose members can reach each other at all is
@@ -88,7 +88,7 @@ impl Actor {
         let Some(member) = dspring_net::identity::member(&peer) else {
             return;
         };
-        let known = self.groups.values().any(|g| g.members().contains(&member))
+        let known = self.groups.in_any(&member)
             || self.own_mailboxes.contains_key(&member)
             || self.group_mailboxes.values().any(|m| m.contains(&member))
             || self.store.contact(&member).ok().flatten().is_some();
@@ -104,10 +104,23 @@ impl Actor {
 
     /// The network reported a peer out of reach.
     pub(super) fn peer_unreachable(&mut self, peer: PeerId) {
-        self.connectivity
-            .unreachable
-            .entry(peer)
-            .or_insert_with(SystemTime::now);
+        if self.connectivity.unreachable.contains_key(&peer) {
+            return;
+        }
+        let since = SystemTime::now();
+        self.connectivity.unreachable.insert(peer, since);
+        if let Some(member) = dspring_net::identity::member(&peer) {
+            let _ = self.notices.send(Notice::OutOfReach { member, since });
+        }
+    }
+
+    /// A peer connected: if it was out of reach, it no longer is.
+    pub(super) fn peer_back(&mut self, peer: PeerId) {
+        if self.connectivity.unreachable.remove(&peer).is_some()
+            && let Some(member) = dspring_net::identity::member(&peer)
+        {
+            let _ = self.notices.send(Notice::BackInReach { member });
+        }
     }
 
     /// Members out of reach now, and the groups none of whose other members and mailboxes
@@ -130,12 +143,8 @@ impl Actor {
             .collect();
         let me = self.device.id();
         let mut groups = Vec::new();
-        for (id, group) in &self.groups {
-            if !group.is_active() {
-                continue;
-            }
-            let mut others: Vec<MemberId> =
-                group.members().into_iter().filter(|m| *m != me).collect();
+        for (id, members) in self.groups.active() {
+            let mut others: Vec<MemberId> = members.iter().copied().filter(|m| *m != me).collect();
             others.extend(self.group_mailboxes.get(id).into_iter().flatten().copied());
             if others.is_empty() {
                 continue;
@@ -239,11 +248,10 @@ impl Actor {
     }
 
     pub(super) fn connected_members(&self, group: &GroupId) -> usize {
-        let Some(state) = self.groups.get(group) else {
+        let Some(members) = self.groups.members(group) else {
             return 0;
         };
-        state
-            .members()
+        members
             .iter()
             .filter(|m| {
                 dspring_net::identity::peer_id(m)
@@ -255,11 +263,18 @@ impl Actor {
     /// Dials this node's ring successors in a group, random members while fewer than
     /// [`MIN_GROUP_PEERS`] are connected, and the group's mailboxes.
     pub(super) async fn connect_group(&mut self, group: GroupId) {
-        let Some(state) = self.groups.get(&group).filter(|g| g.is_active()) else {
+        if !self.groups.is_active(&group) {
             return;
-        };
+        }
         let me = self.device.id();
-        let mut members: Vec<MemberId> = state.members().into_iter().filter(|m| *m != me).collect();
+        let mut members: Vec<MemberId> = self
+            .groups
+            .members(&group)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
         members.sort();
         // The ring in id order, starting after this node.
         let start = members.partition_point(|m| *m < me);
@@ -313,14 +328,15 @@ impl Actor {
             .last_activity
             .insert(group, tokio::time::Instant::now())
             .is_none();
-        if was_idle && self.groups.get(&group).is_some_and(|g| g.is_active()) {
+        if was_idle && self.groups.is_active(&group) {
             let _ = self.net.send(Command::Subscribe(group)).await;
             self.connect_group(group).await;
         }
     }
 
     /// Groups with no envelope for `idle_group_after` leave their topic: their meshes, and so
-    /// their connections, close (a mailbox stays on the topics it serves).
+    /// their connections, close (a mailbox stays on the topics it serves); their states are
+    /// dropped from memory until next used.
     pub(super) async fn rest_idle_groups(&mut self) {
         let idle: Vec<GroupId> = self
             .connectivity
@@ -331,6 +347,7 @@ impl Actor {
             .collect();
         for group in idle {
             self.connectivity.last_activity.remove(&group);
+            self.groups.unload(&group);
             if !self.serves(&group) {
                 let _ = self.net.send(Command::Unsubscribe(group)).await;
             }

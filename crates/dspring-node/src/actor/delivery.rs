@@ -11,7 +11,7 @@ use dspring_proto::{GroupId, MemberId};
 use libp2p::PeerId;
 
 use super::Actor;
-use crate::Delivery;
+use crate::{Delivery, Notice};
 
 impl Actor {
     /// A peer's sync request of `group` showed its marks: keeps what it holds of this node's
@@ -21,10 +21,10 @@ impl Actor {
         let Some(holder) = dspring_net::identity::member(&peer) else {
             return;
         };
-        let Some(state) = self.groups.get(&group) else {
+        if !self.groups.contains(&group) {
             return;
-        };
-        if !state.members().contains(&holder) && !self.is_group_mailbox(&group, &holder) {
+        }
+        if !self.groups.is_member(&group, &holder) && !self.is_group_mailbox(&group, &holder) {
             return;
         }
         let me = self.device.id().short();
@@ -35,16 +35,27 @@ impl Actor {
         else {
             return;
         };
+        let before = self.delivery(&group);
         let known = self.held_by.entry(group).or_default();
         let entry = known.entry(holder).or_insert(held);
         *entry = (*entry).max(held);
+        let after = self.delivery(&group);
+        let reach = |d: &Option<Delivery>| d.as_ref().map(|d| (d.held_up_to(), d.all_up_to()));
+        if let Some((held, all)) = reach(&after).filter(|now| Some(*now) != reach(&before)) {
+            let _ = self.notices.send(Notice::Delivery { group, held, all });
+        }
     }
 
     /// What the members and mailboxes of `group` hold of this node's messages.
     pub(super) fn delivery(&self, group: &GroupId) -> Option<Delivery> {
-        let state = self.groups.get(group)?;
         let me = self.device.id();
-        let members: Vec<MemberId> = state.members().into_iter().filter(|m| *m != me).collect();
+        let members: Vec<MemberId> = self
+            .groups
+            .members(group)?
+            .iter()
+            .copied()
+            .filter(|m| *m != me)
+            .collect();
         let held: HashMap<MemberId, (u64, u64)> = self
             .held_by
             .get(group)

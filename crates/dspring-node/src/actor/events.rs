@@ -61,18 +61,14 @@ impl Actor {
             }
             NetEvent::Direct { id, peer, request } => {
                 let group = request.group;
-                let accepted = if self.groups.contains_key(&group) {
+                let accepted = if self.groups.contains(&group) {
                     match self.judge(group, request.envelope) {
                         Ok(staged) => {
                             // It waits for earlier envelopes: the member that sent it has them
                             // (a removal delivered to the member it removes, say). Only a
                             // member's, and only a newly buffered one: a replay asks nothing.
-                            let from_member =
-                                dspring_net::identity::member(&peer).is_some_and(|m| {
-                                    self.groups
-                                        .get(&group)
-                                        .is_some_and(|g| g.members().contains(&m))
-                                });
+                            let from_member = dspring_net::identity::member(&peer)
+                                .is_some_and(|m| self.groups.is_member(&group, &m));
                             if from_member && newly_buffered(&staged) {
                                 self.request_sync(group, peer, self.sync_position(&group, &peer));
                             }
@@ -95,7 +91,7 @@ impl Actor {
                 let _ = self.net.send(Command::AnswerMailbox { id, response }).await;
             }
             NetEvent::Subscribed { peer, group }
-                if !self.groups.contains_key(&group) && self.serves(&group) =>
+                if !self.groups.contains(&group) && self.serves(&group) =>
             {
                 self.subscribers.entry(group).or_default().insert(peer);
                 self.request_sync(group, peer, 0);
@@ -104,7 +100,7 @@ impl Actor {
             // or has just received something. Follow it, and fetch what it has.
             NetEvent::Subscribed { peer, group }
                 if !self.connectivity.last_activity.contains_key(&group)
-                    && self.groups.get(&group).is_some_and(|g| g.is_active()) =>
+                    && self.groups.is_active(&group) =>
             {
                 self.wake_group(group).await;
                 self.request_sync(group, peer, self.sync_position(&group, &peer));
@@ -115,7 +111,7 @@ impl Actor {
                 if self.connectivity.record_published.is_none() {
                     self.publish_record();
                 }
-                self.connectivity.unreachable.remove(&peer);
+                self.peer_back(peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
                     self.hold_owner(member, peer).await;
                     self.offer_welcomes(member);
@@ -146,7 +142,11 @@ impl Actor {
     /// Handles one result of a helper task.
     pub(super) async fn internal(&mut self, message: Internal) {
         match message {
-            Internal::WelcomeTaken { member, group } => self.welcome_taken(member, group),
+            Internal::WelcomeOffered {
+                member,
+                group,
+                taken,
+            } => self.welcome_offered(member, group, taken),
             Internal::Pushed { group, peer } => self.pushed(group, peer),
             Internal::SyncPage {
                 group,
@@ -166,7 +166,8 @@ impl Actor {
                 member,
                 group,
                 mailbox,
-            } => self.welcome_deposited(member, group, mailbox).await,
+                held,
+            } => self.welcome_deposited(member, group, mailbox, held).await,
         }
     }
 }

@@ -102,7 +102,10 @@ impl Actor {
         group: GroupId,
         op: impl FnOnce(&Group, &Device, &mut ChaCha20Rng) -> Result<Staged, NodeError>,
     ) -> Result<(), NodeError> {
-        let state = self.groups.get(&group).ok_or(NodeError::UnknownGroup)?;
+        let state = self
+            .groups
+            .state(&self.store, &group)?
+            .ok_or(NodeError::UnknownGroup)?;
         let staged = op(state, &self.device, &mut self.rng)?;
         self.commit(&staged).await
     }
@@ -189,7 +192,7 @@ impl Actor {
         committed: &dspring_store::Committed,
     ) {
         let id = staged.group.id();
-        self.groups.insert(id, staged.group.clone());
+        self.groups.insert(staged.group.clone());
         self.wake_group(id).await;
         self.device.consume_prekeys(&staged.consumed_prekeys);
         let now = now_ms();
@@ -212,7 +215,7 @@ impl Actor {
                         self.group_names.insert(id, named);
                     }
                 }
-                Content::Leave => self.leave_requested(&staged.group, sender),
+                Content::Leave => self.leave_requested(id, sender),
                 Content::Text(_) => {}
             }
         }
@@ -266,11 +269,20 @@ impl Actor {
     /// the delivery buffer with junk. A newcomer's first envelopes arrive by sync instead, once
     /// its add is known.
     pub(super) fn judge(&mut self, group: GroupId, envelope: Vec<u8>) -> Result<Staged, Verdict> {
-        let Some(state) = self.groups.get(&group) else {
+        if !self.groups.contains(&group) {
             if self.serves(&group) {
                 return Err(self.mailbox_keep(group, &envelope));
             }
             return Err(Verdict::Ignore);
+        }
+        let state = match self.groups.state(&self.store, &group) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Err(Verdict::Ignore),
+            Err(error) => {
+                // Our failure, not the sender's: ignored (it comes again by sync).
+                tracing::warn!(%error, "reading a group's state");
+                return Err(Verdict::Ignore);
+            }
         };
         let sender = match Unverified::<Envelope>::parse(envelope.clone()) {
             Ok(parsed) => parsed.sender(),

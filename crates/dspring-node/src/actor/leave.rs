@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dspring_proto::{Group, GroupId, MemberId};
+use dspring_proto::{GroupId, MemberId};
 
 use super::Actor;
 use crate::NodeError;
@@ -51,11 +51,10 @@ impl Actor {
             }
         };
         for (group, leaver) in requests {
-            match self.groups.get(&group).cloned() {
-                Some(state) if state.is_active() && state.members().contains(&leaver) => {
-                    self.leave_requested(&state, leaver);
-                }
-                _ => self.forget_leave_request(group, leaver),
+            if self.groups.is_member(&group, &leaver) {
+                self.leave_requested(group, leaver);
+            } else {
+                self.forget_leave_request(group, leaver);
             }
         }
     }
@@ -68,15 +67,14 @@ impl Actor {
 
     /// `leaver` asked to leave `group`: this node's turn to remove them comes after the
     /// members before it in member-id order have had theirs.
-    pub(super) fn leave_requested(&mut self, group: &Group, leaver: MemberId) {
+    pub(super) fn leave_requested(&mut self, group: GroupId, leaver: MemberId) {
         let me = self.device.id();
-        if leaver == me || !group.is_active() || self.leave_requests.len() >= MAX_LEAVE_REQUESTS {
+        if leaver == me || self.leave_requests.len() >= MAX_LEAVE_REQUESTS {
             return;
         }
-        let members = group.members();
-        if !members.contains(&leaver) {
+        let Some(members) = self.groups.members(&group).filter(|m| m.contains(&leaver)) else {
             return;
-        }
+        };
         let rank = members
             .iter()
             .filter(|m| **m != leaver)
@@ -87,7 +85,7 @@ impl Actor {
         let turn =
             LEAVE_STAGGER.saturating_mul(u32::try_from(rank.saturating_mul(2)).unwrap_or(u32::MAX));
         self.leave_requests
-            .insert((group.id(), leaver), tokio::time::Instant::now() + turn);
+            .insert((group, leaver), tokio::time::Instant::now() + turn);
     }
 
     /// Removes the members who asked to leave and whose removal is this node's turn, unless
@@ -102,10 +100,7 @@ impl Actor {
             .collect();
         for (group, leaver) in due {
             self.leave_requests.remove(&(group, leaver));
-            let still_there = self
-                .groups
-                .get(&group)
-                .is_some_and(|g| g.is_active() && g.members().contains(&leaver));
+            let still_there = self.groups.is_member(&group, &leaver);
             if !still_there {
                 self.forget_leave_request(group, leaver);
             } else if let Err(error) = self.remove(group, leaver).await {

@@ -11,6 +11,7 @@ mod leave;
 mod mailbox_service;
 mod own_mailboxes;
 mod requests;
+mod states;
 mod sync;
 mod welcomes;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use dspring_net::wire::{MailboxResponse, Mark, SyncResponse};
 use dspring_net::{Command, Event as NetEvent, Network};
-use dspring_proto::{Device, Group, GroupId, MemberId};
+use dspring_proto::{Device, GroupId, MemberId};
 use dspring_store::{GroupName, NewsCursor, Store, StoredEvent};
 use libp2p::PeerId;
 use rand_chacha::ChaCha20Rng;
@@ -28,12 +29,13 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::content;
 use crate::{
-    COMMAND_QUEUE, INITIAL_ONE_TIME_PREKEYS, LIVE_EVENTS, MailboxConfig, Node, NodeConfig,
-    NodeError, Request,
+    COMMAND_QUEUE, INITIAL_ONE_TIME_PREKEYS, LIVE_EVENTS, LIVE_NOTICES, MailboxConfig, Node,
+    NodeConfig, NodeError, Notice, Request,
 };
 
 use connectivity::{Connectivity, RECORD_REFRESH, remember_addresses};
 use own_mailboxes::NewsFetch;
+use states::GroupStates;
 use welcomes::WELCOME_RETRY_INTERVAL;
 
 /// Sync pages and other results of helper tasks waiting for the actor.
@@ -50,13 +52,12 @@ fn short_hex(bytes: &[u8]) -> String {
 
 enum Internal {
     /// Mailbox role: an owner answered (or did not) a push of fresh envelopes of `group`.
-    Pushed {
-        group: GroupId,
-        peer: PeerId,
-    },
-    WelcomeTaken {
+    Pushed { group: GroupId, peer: PeerId },
+    /// An offer of a welcome to `member` ended; `taken`: it answered.
+    WelcomeOffered {
         member: MemberId,
         group: GroupId,
+        taken: bool,
     },
     SyncPage {
         group: GroupId,
@@ -67,14 +68,9 @@ enum Internal {
         marks: Vec<Mark>,
     },
     /// A sync request failed: its catch-up, if it was one, has ended.
-    SyncFailed {
-        group: GroupId,
-        peer: PeerId,
-    },
+    SyncFailed { group: GroupId, peer: PeerId },
     /// A news request to one of our mailboxes failed.
-    NewsUnanswered {
-        mailbox: MemberId,
-    },
+    NewsUnanswered { mailbox: MemberId },
     /// One of our mailboxes answered a news request.
     News {
         mailbox: MemberId,
@@ -82,14 +78,13 @@ enum Internal {
         response: MailboxResponse,
     },
     /// A publish of this node's DHT record ended; `stored`: the network took it.
-    RecordPublished {
-        stored: bool,
-    },
-    /// A welcome for `member` is held by its mailbox.
+    RecordPublished { stored: bool },
+    /// A deposit of a welcome for `member` at its mailbox ended; `held`: the mailbox holds it.
     Deposited {
         member: MemberId,
         group: GroupId,
         mailbox: MemberId,
+        held: bool,
     },
 }
 
@@ -97,11 +92,13 @@ struct Actor {
     store: Store,
     device: Device,
     rng: ChaCha20Rng,
-    groups: HashMap<GroupId, Group>,
+    /// The groups this node is in; full states only of those in use (see [`states`]).
+    groups: GroupStates,
     net: Network,
     /// Addresses, connections and busy groups: see [`connectivity`].
     connectivity: Connectivity,
     live: broadcast::Sender<StoredEvent>,
+    notices: broadcast::Sender<Notice>,
     internal: mpsc::Sender<Internal>,
     /// Returns the memory of closed connections to the system (see `memory`).
     memory_release: crate::memory::MemoryRelease,
@@ -128,7 +125,10 @@ struct Actor {
     group_mailboxes: HashMap<GroupId, HashSet<MemberId>>,
     /// Each named group's current name.
     group_names: HashMap<GroupId, GroupName>,
-    /// Welcomes already deposited at a mailbox this run: (member, group, mailbox).
+    /// Welcomes being offered to their members now: (member, group). Bounded by the
+    /// welcomes waiting in the store.
+    offering: HashSet<(MemberId, GroupId)>,
+    /// Welcomes deposited at a mailbox this run, or being deposited: (member, group, mailbox).
     deposited: HashSet<(MemberId, GroupId, MemberId)>,
     /// Per group and peer, the end of the peer's log at the last completed sync: the next
     /// periodic sync starts there rather than going through the whole log again.
@@ -187,7 +187,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             ))),
         },
     )?;
-    let mut groups = HashMap::new();
+    let mut groups = GroupStates::default();
     // Every group starts busy: the first rounds catch up on what was missed while away.
     let mut last_activity = HashMap::new();
     for id in store.groups()? {
@@ -196,7 +196,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
                 net.send(Command::Subscribe(id)).await?;
                 last_activity.insert(id, tokio::time::Instant::now());
             }
-            groups.insert(id, group);
+            groups.know(&group);
         }
     }
     if config.mailbox.is_some() {
@@ -235,6 +235,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     }
     let (requests, request_rx) = mpsc::channel(COMMAND_QUEUE);
     let (live, _) = broadcast::channel(LIVE_EVENTS);
+    let (notices, _) = broadcast::channel(LIVE_NOTICES);
     let (internal, internal_rx) = mpsc::channel(INTERNAL_QUEUE);
     let (running, stopped) = tokio::sync::watch::channel(());
     let id = device.id();
@@ -255,6 +256,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             unreachable: HashMap::new(),
         },
         live: live.clone(),
+        notices: notices.clone(),
         internal,
         memory_release: crate::memory::MemoryRelease::default(),
         mailbox: config.mailbox.clone(),
@@ -267,6 +269,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         news_unread: HashSet::new(),
         group_mailboxes,
         group_names,
+        offering: HashSet::new(),
         deposited: HashSet::new(),
         synced: HashMap::new(),
         leave_requests: HashMap::new(),
@@ -288,6 +291,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
     Ok(Node {
         requests,
         live,
+        notices,
         stopped,
         id,
     })

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use dspring_net::Network;
 use dspring_net::wire::{MAX_NEWS_ITEMS, MailboxRequest, MailboxResponse};
-use dspring_proto::{Group, GroupId, MemberId};
+use dspring_proto::{GroupId, MemberId};
 use dspring_store::{Contact, NewsCursor};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
@@ -35,7 +35,7 @@ impl Actor {
     pub(super) fn fresh_at_mailbox(&mut self, peer: PeerId, group: GroupId) -> MailboxResponse {
         let own = dspring_net::identity::member(&peer)
             .is_some_and(|member| self.own_mailboxes.contains_key(&member));
-        if !own || !self.groups.get(&group).is_some_and(Group::is_active) {
+        if !own || !self.groups.is_active(&group) {
             return MailboxResponse::Refused;
         }
         self.request_sync(group, peer, self.sync_position(&group, &peer));
@@ -73,12 +73,7 @@ impl Actor {
         // The DHT record names this node's mailboxes: publish it again.
         self.connectivity.record_published = None;
         self.publish_record();
-        let active: Vec<GroupId> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.is_active())
-            .map(|(id, _)| *id)
-            .collect();
+        let active: Vec<GroupId> = self.groups.active().map(|(id, _)| *id).collect();
         for group in active {
             self.announce_mailbox(group, mailbox).await;
         }
@@ -115,12 +110,7 @@ impl Actor {
     /// Registers every active group with an own mailbox that just connected, then asks it
     /// which of them have news.
     pub(super) fn own_mailbox_connected(&self, mailbox: MemberId, peer: PeerId) {
-        let groups: Vec<GroupId> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.is_active())
-            .map(|(id, _)| *id)
-            .collect();
+        let groups: Vec<GroupId> = self.groups.active().map(|(id, _)| *id).collect();
         let after = self
             .own_mailboxes
             .get(&mailbox)
@@ -263,7 +253,7 @@ impl Actor {
             return;
         };
         for (group, envelope) in welcomes {
-            if !self.groups.contains_key(&group) {
+            if !self.groups.contains(&group) {
                 self.join(group, envelope, peer).await;
             } else if let Ok(staged) = self.judge(group, envelope)
                 && !only_buffered(&staged)
@@ -280,7 +270,7 @@ impl Actor {
         // Groups not active here (left, or an invitation not accepted yet) are passed
         // over: a group joined later syncs from the own mailboxes when it is joined.
         for group in groups {
-            if !self.groups.get(&group).is_some_and(Group::is_active) {
+            if !self.groups.is_active(&group) {
                 continue;
             }
             if !self.request_sync(group, peer, 0) {

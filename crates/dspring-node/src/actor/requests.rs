@@ -35,7 +35,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Request::GroupName(group, reply) => {
-                let result = if self.groups.contains_key(&group) {
+                let result = if self.groups.contains(&group) {
                     Ok(self.group_names.get(&group).map(|n| n.name.clone()))
                 } else {
                     Err(NodeError::UnknownGroup)
@@ -96,13 +96,13 @@ impl Actor {
             Request::Members(group, reply) => {
                 let result = self
                     .groups
-                    .get(&group)
-                    .map(|g| g.members().into_iter().collect())
+                    .members(&group)
+                    .map(<[dspring_proto::MemberId]>::to_vec)
                     .ok_or(NodeError::UnknownGroup);
                 let _ = reply.send(result);
             }
             Request::Groups(reply) => {
-                let _ = reply.send(Ok(self.groups.keys().copied().collect()));
+                let _ = reply.send(Ok(self.groups.ids().copied().collect()));
             }
             Request::Contacts(reply) => {
                 let contacts = self.store.contacts().map(|all| {

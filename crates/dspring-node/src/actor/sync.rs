@@ -41,7 +41,7 @@ impl Actor {
         let Some(member) = dspring_net::identity::member(&peer) else {
             return;
         };
-        for id in self.groups.keys() {
+        for id in self.groups.ids() {
             if self.syncs_with(id, &member) {
                 self.request_sync(*id, peer, self.sync_position(id, &peer));
             }
@@ -56,12 +56,10 @@ impl Actor {
     /// Whether this node syncs `group` with `member`: a fellow member of an active group, or
     /// one of its mailboxes (own mailboxes are asked for news instead).
     fn syncs_with(&self, group: &GroupId, member: &MemberId) -> bool {
-        self.groups.get(group).is_some_and(|g| {
-            g.is_active()
-                && (g.members().contains(member)
-                    || (!self.own_mailboxes.contains_key(member)
-                        && self.is_group_mailbox(group, member)))
-        })
+        self.groups.is_active(group)
+            && (self.groups.is_member(group, member)
+                || (!self.own_mailboxes.contains_key(member)
+                    && self.is_group_mailbox(group, member)))
     }
 
     /// The periodic catch-up: gossip can miss an envelope (a peer joined the mesh late, a
@@ -139,8 +137,13 @@ impl Actor {
     /// Takes a sync page through the core, each envelope on the state the previous one left,
     /// and commits the accepted ones together.
     async fn receive_page(&mut self, group: GroupId, envelopes: Vec<Vec<u8>>) -> PageKept {
-        let Some(base) = self.groups.get(&group) else {
-            return PageKept::All;
+        let base = match self.groups.state(&self.store, &group) {
+            Ok(Some(base)) => base,
+            Ok(None) => return PageKept::All,
+            Err(error) => {
+                tracing::warn!(%error, "reading a group's state");
+                return PageKept::Nothing;
+            }
         };
         let mut steps: Vec<Staged> = Vec::with_capacity(envelopes.len());
         // A full delivery buffer refuses for now, not for good: the page is not all kept.
@@ -171,7 +174,7 @@ impl Actor {
     /// Asks `peer` for what this node lacks of `group`, one page, in the background. False if
     /// no request went out (the store could not say what this node holds).
     pub(super) fn request_sync(&self, group: GroupId, peer: PeerId, token: u64) -> bool {
-        let held = if self.groups.contains_key(&group) {
+        let held = if self.groups.contains(&group) {
             self.store.sync_marks(&group)
         } else {
             self.store.mailbox_marks(&group)
@@ -238,17 +241,19 @@ impl Actor {
             .iter()
             .map(|m| (m.sender, (m.control_seq, m.application)))
             .collect();
-        let member = self.groups.contains_key(&request.group);
+        let member = self.groups.contains(&request.group);
         // A removed member's sync ends where the log ended when its removal was logged here.
         let mut until = u64::MAX;
-        let answer = if let Some(state) = self.groups.get(&request.group) {
+        let answer = if member {
             // Members, and the mailboxes announced in the group; a removed member up to its
             // removal: what it may read, and what it needs before it can deliver the removal
             // (its copy of the removal may wait for an earlier message of the remover).
             let Some(asker) = dspring_net::identity::member(&peer) else {
                 return empty;
             };
-            if !state.members().contains(&asker) && !self.is_group_mailbox(&request.group, &asker) {
+            if !self.groups.is_member(&request.group, &asker)
+                && !self.is_group_mailbox(&request.group, &asker)
+            {
                 match self.store.former_member_end(&request.group, &asker) {
                     Ok(Some(end)) => until = end,
                     _ => return empty,
@@ -302,7 +307,7 @@ impl Actor {
         response: SyncResponse,
         marks: Vec<Mark>,
     ) {
-        let member = self.groups.contains_key(&group);
+        let member = self.groups.contains(&group);
         if !member && !self.serves(&group) {
             // Left while the sync ran: nothing more to fetch for it.
             self.news_synced(peer, Some(group));

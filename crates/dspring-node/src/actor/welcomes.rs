@@ -25,7 +25,7 @@ enum Welcomed {
 impl Actor {
     /// Leaves the welcomes waiting for `member` at the mailboxes its card names, in the
     /// background (once each per run).
-    pub(super) fn deposit_welcomes(&self, member: MemberId) {
+    pub(super) fn deposit_welcomes(&mut self, member: MemberId) {
         let Ok(mailboxes) = self.store.contact_mailboxes(&member) else {
             return;
         };
@@ -40,7 +40,9 @@ impl Actor {
                 continue;
             };
             for (group, envelope) in &welcomes {
-                if self.deposited.contains(&(member, *group, mailbox)) {
+                // Deposited, or being deposited (one deposit in flight per welcome and
+                // mailbox, as one offer: see `offer_welcomes`).
+                if !self.deposited.insert((member, *group, mailbox)) {
                     continue;
                 }
                 let request = MailboxRequest::Deposit {
@@ -50,27 +52,36 @@ impl Actor {
                 };
                 let (net, internal, group) = (self.net.clone(), self.internal.clone(), *group);
                 tokio::spawn(async move {
-                    match net.mailbox(peer, request).await {
-                        Ok(MailboxResponse::Done) => {
-                            let _ = internal
-                                .send(Internal::Deposited {
-                                    member,
-                                    group,
-                                    mailbox,
-                                })
-                                .await;
+                    let held = match net.mailbox(peer, request).await {
+                        Ok(MailboxResponse::Done) => true,
+                        Ok(_) => {
+                            tracing::debug!("a mailbox refused a welcome");
+                            false
                         }
-                        Ok(_) => tracing::debug!("a mailbox refused a welcome"),
-                        Err(error) => tracing::debug!(%error, "mailbox deposit"),
-                    }
+                        Err(error) => {
+                            tracing::debug!(%error, "mailbox deposit");
+                            false
+                        }
+                    };
+                    let _ = internal
+                        .send(Internal::Deposited {
+                            member,
+                            group,
+                            mailbox,
+                            held,
+                        })
+                        .await;
                 });
             }
         }
     }
 
     /// Offers a member the welcomes waiting for it, straight to its peer, in the background;
-    /// each is dropped from the store once the member answered.
-    pub(super) fn offer_welcomes(&self, member: MemberId) {
+    /// each is dropped from the store once the member answered. One offer per welcome is in
+    /// flight: every group created with a member offers it all its waiting welcomes, so
+    /// without this a node creating n groups with one member sent n²/2 offers at once
+    /// (30,883 for 300 groups, and 380 MB of heap at the peak for 1,000).
+    pub(super) fn offer_welcomes(&mut self, member: MemberId) {
         let Ok(peer) = dspring_net::identity::peer_id(&member) else {
             return;
         };
@@ -78,21 +89,34 @@ impl Actor {
             return;
         };
         for (group, envelope) in welcomes {
+            if !self.offering.insert((member, group)) {
+                continue;
+            }
             let net = self.net.clone();
             let internal = self.internal.clone();
             tokio::spawn(async move {
-                match net
+                let answered = net
                     .send_direct(peer, DirectRequest { group, envelope })
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = internal
-                            .send(Internal::WelcomeTaken { member, group })
-                            .await;
-                    }
-                    Err(error) => tracing::debug!(%error, "welcome not delivered yet"),
+                    .await;
+                if let Err(error) = &answered {
+                    tracing::debug!(%error, "welcome not delivered yet");
                 }
+                let _ = internal
+                    .send(Internal::WelcomeOffered {
+                        member,
+                        group,
+                        taken: answered.is_ok(),
+                    })
+                    .await;
             });
+        }
+    }
+
+    /// An offer of a welcome ended; if the member took it, it is no longer kept.
+    pub(super) fn welcome_offered(&mut self, member: MemberId, group: GroupId, taken: bool) {
+        self.offering.remove(&(member, group));
+        if taken {
+            self.welcome_taken(member, group);
         }
     }
 
@@ -178,7 +202,7 @@ impl Actor {
         let Some((adder, welcome)) = self.store.invitation(&group)? else {
             return Err(NodeError::NoInvitation);
         };
-        if !self.groups.contains_key(&group) {
+        if !self.groups.contains(&group) {
             let from = dspring_net::identity::peer_id(&adder)
                 .map_err(|e| dspring_net::NetworkError::Setup(format!("the adder's key: {e}")))?;
             let taken = self
@@ -208,16 +232,17 @@ impl Actor {
         member: MemberId,
         group: GroupId,
         mailbox: MemberId,
+        held: bool,
     ) {
-        self.deposited.insert((member, group, mailbox));
+        if !held {
+            // Offered again at the next retry.
+            self.deposited.remove(&(member, group, mailbox));
+            return;
+        }
         // A mailbox joins the group's mailboxes only for a member of the group: what
         // it holds for a removed member is that member's removal, and the group must
         // not go on serving its ciphertext to the removed member's mailbox.
-        if self
-            .groups
-            .get(&group)
-            .is_some_and(|g| g.is_active() && g.members().contains(&member))
-        {
+        if self.groups.is_member(&group, &member) {
             self.announce_mailbox(group, mailbox).await;
         }
     }
