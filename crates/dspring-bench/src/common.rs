@@ -1,7 +1,7 @@
-//! What the network benchmarks share (`dspring-netbench`, `dspring-reachbench`): the heap
-//! counter, the process's RSS and CPU from `/proc/self`, percentiles, setup waits, numbered
-//! 1 KiB message bodies and the arrival times of a group's members. Each binary includes this
-//! module and uses part of it.
+//! What the network benchmarks share (`dspring-netbench`, `dspring-reachbench`): the tokio
+//! runtime, the heap counter, the process's RSS and CPU from `/proc/self`, percentiles, setup
+//! waits, numbered 1 KiB message bodies and the arrival times of a group's members. Each binary
+//! includes this module and uses part of it.
 
 // Each binary uses only part of this module.
 #![allow(dead_code)]
@@ -43,6 +43,16 @@ pub(crate) const SETUP_LIMIT: Duration = Duration::from_secs(300);
 /// Linux reports process CPU time in /proc in units of USER_HZ, which is 100 on every
 /// architecture Linux supports for user space.
 pub(crate) const USER_HZ: f64 = 100.0;
+
+/// The runtime both benchmarks run their nodes on (the same in both, so that their figures
+/// compare).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))
+}
 
 /// Resident memory of this process, bytes.
 pub(crate) fn rss() -> u64 {
