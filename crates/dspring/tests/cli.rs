@@ -12,19 +12,17 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Daemon, dspring};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Daemon {
-    dir: PathBuf,
-    child: Child,
-}
 
 impl Daemon {
     fn start(dir: &Path) -> Self {
@@ -33,32 +31,20 @@ impl Daemon {
 
     /// Starts a daemon with more `daemon` flags.
     fn start_with(dir: &Path, flags: &[&str]) -> Self {
-        let _ = std::fs::remove_file(dir.join("api-address"));
-        let child = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", dir.to_str().unwrap(), "daemon", "--no-mdns"])
+        let mut daemon = dspring(dir);
+        daemon
+            .args(["daemon", "--no-mdns"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(flags)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while !dir.join("api-address").exists() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            dir: dir.to_owned(),
-            child,
-        }
+            .stderr(Stdio::inherit());
+        Self::spawn(daemon, dir)
     }
 
     /// Runs `dspring --json <args>` against this daemon; its exit code and stdout as JSON.
     fn cli(&self, args: &[&str]) -> (i32, Value) {
-        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", self.dir.to_str().unwrap(), "--json"])
+        let output = dspring(&self.dir)
+            .arg("--json")
             .args(args)
             .output()
             .unwrap();
@@ -88,21 +74,12 @@ impl Daemon {
 
     /// Stops the daemon with this signal (`-TERM`, `-INT`) and waits for a clean exit.
     fn stop_with(mut self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "the daemon exits cleanly on SIGTERM: {status}"
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.signal(signal);
+        let status = self.wait_for_exit();
+        assert!(
+            status.success(),
+            "the daemon exits cleanly on SIGTERM: {status}"
+        );
         assert!(
             !self.dir.join("api-address").exists(),
             "a stopped daemon removes its address"
@@ -115,13 +92,6 @@ impl Daemon {
 
     fn token(&self) -> String {
         std::fs::read_to_string(self.dir.join("api-token")).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -385,13 +355,8 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     assert_eq!(members, expected);
 
     // Bob follows his events as NDJSON while the two talk both ways.
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args([
-            "--data-dir",
-            dirs[1].path().to_str().unwrap(),
-            "--json",
-            "follow",
-        ])
+    let mut follower = dspring(dirs[1].path())
+        .args(["--json", "follow"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -423,8 +388,8 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     let last_cursor = read[1]["cursor"].as_u64().unwrap();
 
     // `send <group> -` reads the text from stdin.
-    let mut piped = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[0].path().to_str().unwrap(), "--json"])
+    let mut piped = dspring(dirs[0].path())
+        .arg("--json")
         .args(["send", "friends", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -440,8 +405,8 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
         texts(&bob, "friends").contains(&"from stdin".to_owned())
     });
     // `id --qr` draws the card as a QR code of block characters.
-    let qr = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[0].path().to_str().unwrap(), "id", "--qr"])
+    let qr = dspring(dirs[0].path())
+        .args(["id", "--qr"])
         .output()
         .unwrap();
     assert!(qr.status.success());
@@ -577,13 +542,8 @@ fn two_daemons_talk_through_the_cli_and_the_api() {
     until("bob has the message sent after his restart", || {
         texts(&bob, "friends").contains(&"after the restart".to_owned())
     });
-    let resumed = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args([
-            "--data-dir",
-            dirs[1].path().to_str().unwrap(),
-            "--json",
-            "follow",
-        ])
+    let resumed = dspring(dirs[1].path())
+        .args(["--json", "follow"])
         .args(["--after", &last_cursor.to_string()])
         .stdout(Stdio::piped())
         .spawn()
@@ -847,20 +807,14 @@ fn three_daemons_verify_each_other_and_a_removed_member_reads_nothing_more() {
     // token.
     let other = tempfile::tempdir().unwrap();
     let profile = other.path().join("p");
-    let init = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", profile.to_str().unwrap(), "--json", "init"])
-        .output()
-        .unwrap();
+    let init = dspring(&profile).args(["--json", "init"]).output().unwrap();
     assert!(init.status.success());
     let made: Value = serde_json::from_slice(&init.stdout).unwrap();
     assert_eq!(made["created"], true);
     assert_eq!(made["id"].as_str().unwrap().len(), 64);
     assert!(profile.join("config.toml").exists());
     std::fs::write(profile.join("api-address"), alice.address()).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", profile.to_str().unwrap(), "status"])
-        .output()
-        .unwrap();
+    let output = dspring(&profile).arg("status").output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("not this profile's daemon"),
@@ -957,8 +911,8 @@ fn a_strangers_group_is_announced_on_the_event_stream_and_joined_on_accept() {
     let card = picky.ok(&["id"])["card"].as_str().unwrap().to_owned();
     stranger.ok(&["contact", "add", &card, "--name", "picky"]);
     // The picky user follows the events as a person reads them (not JSON).
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[1].path().to_str().unwrap(), "follow"])
+    let mut follower = dspring(dirs[1].path())
+        .arg("follow")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -997,8 +951,7 @@ fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
     assert!(dial.contains("/p2p/"), "{dial}");
 
     // An address that does not name its peer is refused before the daemon starts.
-    let refused = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[1].path().to_str().unwrap()])
+    let refused = dspring(dirs[1].path())
         .args(["daemon", "--no-mdns", "--bootstrap", "/ip4/127.0.0.1/tcp/1"])
         .output()
         .unwrap();
@@ -1011,10 +964,7 @@ fn a_daemon_joins_the_dht_through_a_bootstrap_node_and_status_waits_for_it() {
     let status = joiner.ok(&["status", "--wait", "--timeout", "60"]);
     assert_eq!(status["bootstrapping"], false);
     assert!(status["dht_peers"].as_u64().unwrap() >= 1, "{status}");
-    let human = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[1].path().to_str().unwrap(), "status"])
-        .output()
-        .unwrap();
+    let human = dspring(dirs[1].path()).arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("DHT peers:"));
     joiner.stop();
     hub.stop();
@@ -1029,8 +979,8 @@ fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // The mailbox's operator turns serving on in its settings before starting the daemon.
     let settings = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", dirs[0].path().to_str().unwrap(), "--json"])
+        let output = dspring(dirs[0].path())
+            .arg("--json")
             .args(["mailbox", "serve"])
             .args(args)
             .output()
@@ -1097,8 +1047,7 @@ fn a_returning_member_reads_from_the_mailbox_after_the_writer_has_gone() {
         texts(&bob, "away").contains(&"before you left".to_owned())
     });
     // `follow away` from the start replays only that group, though "aside" came first.
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_dspring"))
-        .args(["--data-dir", dirs[2].path().to_str().unwrap()])
+    let mut follower = dspring(dirs[2].path())
         .args(["--json", "follow", "away"])
         .stdout(Stdio::piped())
         .spawn()

@@ -15,9 +15,11 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -251,35 +253,21 @@ fn run(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
 struct Daemon<'a> {
     lab: &'a Lab,
     ns: &'static str,
-    dir: PathBuf,
-    child: Child,
+    process: common::Daemon,
 }
 
 impl<'a> Daemon<'a> {
     fn start(lab: &'a Lab, ns: &'static str, dir: &Path) -> Self {
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = lab
-            .dspring(ns, dir)
+        let mut daemon = lab.dspring(ns, dir);
+        daemon
             .args(["daemon", "--no-mdns"])
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + WAIT;
-        while !dir.join("api-address").exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon in {ns} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .stderr(log);
         Self {
             lab,
             ns,
-            dir: dir.to_owned(),
-            child,
+            process: common::Daemon::spawn(daemon, dir),
         }
     }
 
@@ -287,7 +275,7 @@ impl<'a> Daemon<'a> {
     fn ok(&self, args: &[&str]) -> Value {
         let output = self
             .lab
-            .dspring(self.ns, &self.dir)
+            .dspring(self.ns, &self.process.dir)
             .arg("--json")
             .args(args)
             .output()
@@ -320,14 +308,7 @@ impl<'a> Daemon<'a> {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        std::fs::read_to_string(self.process.dir.join("daemon.log")).unwrap_or_default()
     }
 }
 
@@ -392,12 +373,7 @@ fn two_nodes_behind_nat_punch_a_hole_and_talk_without_the_relay() {
     };
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     for dir in &dirs {
-        let status = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", dir.path().to_str().unwrap(), "init"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        common::init(dir.path());
     }
     let relay_listen = [
         format!("/ip4/{RELAY_IP}/tcp/{RELAY_PORT}"),

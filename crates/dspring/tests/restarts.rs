@@ -15,10 +15,13 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{Daemon, dspring, init};
 use serde_json::Value;
 
 /// Starting a daemon, and setting up a group, may take this long on a loaded machine.
@@ -37,26 +40,12 @@ const NEW_PORTS: [&str; 4] = [
     "/ip4/127.0.0.1/udp/0/quic-v1",
 ];
 
-struct Daemon {
-    dir: PathBuf,
-    child: Child,
-}
-
 impl Daemon {
-    /// `dspring init` in a new data directory: the listen port is picked here, once.
-    fn init(dir: &Path) {
-        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", dir.to_str().unwrap(), "init"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "init: {output:?}");
-    }
-
     /// Starts the daemon on its configured ports, or with `flags`; returns once its API is up.
     fn start(dir: &Path, flags: &[&str]) -> Self {
-        let _ = std::fs::remove_file(dir.join("api-address"));
-        let child = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", dir.to_str().unwrap(), "daemon", "--no-mdns"])
+        let mut daemon = dspring(dir);
+        daemon
+            .args(["daemon", "--no-mdns"])
             .args(flags)
             // `DSPRING_TEST_LOG` (a `RUST_LOG` filter) shows more when a run needs looking into.
             .env(
@@ -64,25 +53,13 @@ impl Daemon {
                 std::env::var("DSPRING_TEST_LOG")
                     .unwrap_or_else(|_| "warn,dspring_net=info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + SETUP;
-        while !dir.join("api-address").exists() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            dir: dir.to_owned(),
-            child,
-        }
+            .stderr(Stdio::inherit());
+        Self::spawn(daemon, dir)
     }
 
     fn cli(&self, args: &[&str]) -> Value {
-        let output = Command::new(env!("CARGO_BIN_EXE_dspring"))
-            .args(["--data-dir", self.dir.to_str().unwrap(), "--json"])
+        let output = dspring(&self.dir)
+            .arg("--json")
             .args(args)
             .output()
             .unwrap();
@@ -92,30 +69,8 @@ impl Daemon {
 
     /// Stops it with SIGTERM, as a user's shutdown does.
     fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + SETUP;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the daemon did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        self.signal("-TERM");
+        self.wait_for_exit();
     }
 
     fn texts(&self, group: &str) -> Vec<String> {
@@ -129,13 +84,6 @@ impl Daemon {
 
     fn card(&self) -> String {
         self.cli(&["id"])["card"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -173,7 +121,7 @@ fn delivery_of(daemon: &Daemon, group: &str, text: &str) -> String {
 fn profiles(n: usize) -> Vec<tempfile::TempDir> {
     let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     for dir in &dirs {
-        Daemon::init(dir.path());
+        init(dir.path());
     }
     dirs
 }
@@ -198,16 +146,21 @@ fn group_of(daemons: &[&Daemon], name: &str) -> String {
     }
     let id = daemons[0].cli(&args)["id"].as_str().unwrap().to_owned();
     for daemon in &daemons[1..] {
-        within(SETUP, "a member joins", || {
-            daemon
-                .cli(&["group", "list"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g["id"] == id.as_str())
-        });
+        joined(daemon, &id);
     }
     id
+}
+
+/// Waits until `daemon` lists `group` among its groups.
+fn joined(daemon: &Daemon, group: &str) {
+    within(SETUP, "a member joins", || {
+        daemon
+            .cli(&["group", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["id"] == group)
+    });
 }
 
 #[test]
@@ -399,15 +352,7 @@ fn twenty_members_with_a_third_restarting_on_new_ports_all_get_everything_once()
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let group = creator.cli(&args)["id"].as_str().unwrap().to_owned();
     for daemon in daemons.iter().skip(1) {
-        let daemon = daemon.as_ref().unwrap();
-        within(SETUP, "a member joins", || {
-            daemon
-                .cli(&["group", "list"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|g| g["id"] == group.as_str())
-        });
+        joined(daemon.as_ref().unwrap(), &group);
     }
     let mut sent: Vec<String> = Vec::new();
     // The restarting third includes the creator, the only node whose card the others had:
