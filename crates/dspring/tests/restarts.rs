@@ -151,6 +151,61 @@ fn group_of(daemons: &[&Daemon], name: &str) -> String {
     id
 }
 
+/// `dspring follow --json` on a daemon: its lines (events and notices) as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Follower {
+    fn start(daemon: &Daemon) -> Self {
+        let mut child = dspring(&daemon.dir)
+            .args(["--json", "follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str(&line)
+                    && sender.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a line (seen before or coming within `limit`) matches.
+    fn saw(&mut self, limit: Duration, what: &str, matches: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !self.seen.iter().any(&matches) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("timed out: {what}; seen: {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits until `daemon` lists `group` among its groups.
 fn joined(daemon: &Daemon, group: &str) {
     within(SETUP, "a member joins", || {
@@ -258,6 +313,8 @@ fn two_members_meet_again_after_restarts_on_their_ports_and_on_new_ones() {
     // B goes away for good: after its dials have failed for half a minute, A's status says
     // so, for B and for the group, which has nobody else; and stops saying it once B is back.
     let b_id = b.cli(&["id"])["id"].as_str().unwrap().to_owned();
+    // A's event stream says so too, as notices.
+    let mut follower = Follower::start(&a);
     b.stop();
     let out_of_reach = |status: &Value, key: &str, id: &str| {
         status[key]
@@ -273,6 +330,9 @@ fn two_members_meet_again_after_restarts_on_their_ports_and_on_new_ones() {
     });
     // What A sends now only A holds, and its `read` says so; once B is back and has synced
     // it, it says every member holds it.
+    follower.saw(PAIR, "a notice that b is out of reach", |line| {
+        line["kind"] == "out_of_reach" && line["member"] == b_id.as_str()
+    });
     a.cli(&["send", &group, "while b is gone"]);
     assert_eq!(delivery_of(&a, &group, "while b is gone"), "here");
     let b = Daemon::start(b_dir, &[]);
@@ -282,6 +342,30 @@ fn two_members_meet_again_after_restarts_on_their_ports_and_on_new_ones() {
         "a sees that b holds what it sent while b was gone",
         || delivery_of(&a, &group, "while b is gone") == "all",
     );
+    // The stream showed the message sent, and then that every member holds it.
+    follower.saw(PAIR, "the message sent", |line| {
+        line["kind"] == "sent" && line["text"] == "while b is gone"
+    });
+    let sent = follower
+        .seen
+        .iter()
+        .find(|line| line["kind"] == "sent" && line["text"] == "while b is gone")
+        .cloned()
+        .unwrap();
+    let position = |p: &Value| (p["epoch"].as_u64().unwrap(), p["index"].as_u64().unwrap());
+    follower.saw(
+        PAIR,
+        "a delivery notice that every member holds it",
+        |line| {
+            line["kind"] == "delivery"
+                && line["group"] == group.as_str()
+                && line["all"].is_object()
+                && position(&line["all"]) >= position(&sent)
+        },
+    );
+    follower.saw(PAIR, "a notice that b is back", |line| {
+        line["kind"] == "back_in_reach" && line["member"] == b_id.as_str()
+    });
     within(PAIR, "a no longer reports b", || {
         let status = a.cli(&["status"]);
         !out_of_reach(&status, "out_of_reach", &b_id)
