@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{has_all, introduce, until, until_within};
+use dspring_net::reconnect::{SLOW_RETRY, WANT_FOR};
 use dspring_node::{Node, NodeConfig};
 
 async fn start_quick_to_idle(dir: &std::path::Path) -> Node {
@@ -79,6 +80,71 @@ async fn an_idle_group_closes_its_connections_and_a_message_wakes_it() {
     expected.insert("welcome back".to_owned());
     until("the answer arrives", async || {
         has_all(&b, group, &expected).await
+    })
+    .await;
+}
+
+/// How long the partition lasts: longer than a dial wish lives unasked (`WANT_FOR`) plus two
+/// maintenance rounds (10 s each; a group rests at a round), so that without the group staying
+/// busy nothing would dial B any more.
+const PARTITION: Duration = WANT_FOR.saturating_add(Duration::from_secs(25));
+
+/// A message written while no other member is reachable keeps its group busy: the writer
+/// goes on dialling, and reaches the member once it is back, though the group went idle at
+/// the member meanwhile (an idle group dials nobody, so without this the message would wait
+/// for the group's next message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nobody_heard_keeps_its_group_busy_until_a_member_is_back() {
+    common::logs();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_quick_to_idle(dirs[0].path()).await;
+    let b = start_quick_to_idle(dirs[1].path()).await;
+    introduce(&[&a, &b]).await;
+    let group = a.create_group("", &[b.id()]).await.unwrap();
+    until("the welcome arrives", async || {
+        b.groups().await.unwrap().contains(&group)
+    })
+    .await;
+    a.send(group, b"hello").await.unwrap();
+    let mut expected = BTreeSet::from(["hello".to_owned()]);
+    until("b has it", async || has_all(&b, group, &expected).await).await;
+
+    // A partition: neither can reach the other (blocked at both ends: a block at one end
+    // only would let the other's dials reach it before being turned away). The group goes
+    // idle at both.
+    a.block(b.id()).await.unwrap();
+    b.block(a.id()).await.unwrap();
+    until("the group is idle at both and closed", async || {
+        connections(&a).await == 0
+            && connections(&b).await == 0
+            && a.status().await.unwrap().busy_groups == 0
+            && b.status().await.unwrap().busy_groups == 0
+    })
+    .await;
+
+    // A writes while B is out of reach. Long after its group would have gone idle, and after
+    // a dial wish lasts without being asked again, A's group is still busy.
+    a.send(group, b"while you were away").await.unwrap();
+    expected.insert("while you were away".to_owned());
+    tokio::time::sleep(PARTITION).await;
+    assert_eq!(
+        a.status().await.unwrap().busy_groups,
+        1,
+        "a message nobody heard keeps its group busy"
+    );
+
+    // The partition heals (B's group still idle: it dials nobody); A's next retry reaches B.
+    b.unblock(a.id()).await.unwrap();
+    a.unblock(b.id()).await.unwrap();
+    until_within(
+        "the message written while b was away arrives",
+        SLOW_RETRY + Duration::from_secs(15),
+        async || has_all(&b, group, &expected).await,
+    )
+    .await;
+    // Heard: the group rests again.
+    until("a's group goes idle again", async || {
+        a.status().await.unwrap().busy_groups == 0
     })
     .await;
 }

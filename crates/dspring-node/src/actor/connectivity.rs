@@ -8,7 +8,7 @@ use dspring_net::{Command, Network};
 use dspring_proto::{GroupId, MemberId};
 use libp2p::{Multiaddr, PeerId};
 
-use super::{Actor, Internal, now_ms};
+use super::{Actor, Internal, now_ms, short_hex};
 use crate::card::MailboxRef;
 use crate::record::RECORD_LIFETIME;
 use crate::{ContactCard, GroupOutOfReach, NodeError, Notice, OutOfReach};
@@ -21,6 +21,14 @@ const RING_SUCCESSORS: usize = 2;
 /// Below this many connected members of a busy group, more (random) members are dialled: the
 /// ring alone fails when successors are unreachable.
 const MIN_GROUP_PEERS: usize = 4;
+
+/// How long a group whose newest message from this node has reached nobody stays busy (its
+/// members dialled, with the network's backoff: every 30 s once out of reach) after it would
+/// have gone idle. A member that was asleep or offline when the message was written is
+/// reached within one retry of coming back; an idle group dials nobody, and the message
+/// would wait for the group's next message. One hour bounds what a member gone for good
+/// costs: a dial every 30 s.
+pub(super) const UNHEARD_BUSY_LIMIT: Duration = Duration::from_secs(3600);
 
 /// How often this node's DHT record is published again (it lives [`RECORD_LIFETIME`]).
 pub(super) const RECORD_REFRESH: Duration = Duration::from_secs(3600);
@@ -46,6 +54,10 @@ pub(super) struct Connectivity {
     /// `dspring_net::reconnect::UNREACHABLE_AFTER`), and since when; a peer leaves on its
     /// next connection. Bounded by the network's wishes (`reconnect::MAX_WANTED`).
     pub(super) unreachable: HashMap<PeerId, SystemTime>,
+    /// Groups whose newest message from this node was written while no other member or
+    /// mailbox of the group was connected, and none has connected since: they stay busy
+    /// (up to [`UNHEARD_BUSY_LIMIT`]). Bounded by the groups.
+    pub(super) unheard: HashMap<GroupId, tokio::time::Instant>,
 }
 
 impl Actor {
@@ -334,6 +346,41 @@ impl Actor {
         }
     }
 
+    /// This node wrote to `group`: if no other member or mailbox of it is connected, the
+    /// group stays busy until one connects (see [`UNHEARD_BUSY_LIMIT`]).
+    pub(super) fn wrote(&mut self, group: GroupId) {
+        let me = self.device.id();
+        let heard = self.connectivity.connected.iter().any(|peer| {
+            dspring_net::identity::member(peer)
+                .is_some_and(|member| member != me && self.hears_for(&group, &member))
+        });
+        if !heard {
+            self.connectivity
+                .unheard
+                .entry(group)
+                .or_insert_with(tokio::time::Instant::now);
+        }
+    }
+
+    /// A peer connected: the groups it hears for (as a member or a mailbox) have been heard
+    /// (the connection's sync, or the topic, brings it what it lacks).
+    pub(super) fn heard_by(&mut self, member: &MemberId) {
+        let groups: Vec<GroupId> = self.connectivity.unheard.keys().copied().collect();
+        for group in groups {
+            if self.hears_for(&group, member) {
+                self.connectivity.unheard.remove(&group);
+            }
+        }
+    }
+
+    /// Whether `member` holds `group`'s messages when connected: a member, or one of the
+    /// group's or this node's mailboxes.
+    fn hears_for(&self, group: &GroupId, member: &MemberId) -> bool {
+        self.groups.is_member(group, member)
+            || self.is_group_mailbox(group, member)
+            || self.own_mailboxes.contains_key(member)
+    }
+
     /// Groups with no envelope for `idle_group_after` leave their topic: their meshes, and so
     /// their connections, close (a mailbox stays on the topics it serves); their states are
     /// dropped from memory until next used.
@@ -346,6 +393,16 @@ impl Actor {
             .map(|(group, _)| *group)
             .collect();
         for group in idle {
+            if let Some(since) = self.connectivity.unheard.get(&group) {
+                if since.elapsed() < UNHEARD_BUSY_LIMIT && self.groups.is_active(&group) {
+                    continue;
+                }
+                tracing::info!(
+                    group = %short_hex(group.as_bytes()),
+                    "no member was reachable since this node's last message; the group rests"
+                );
+                self.connectivity.unheard.remove(&group);
+            }
             self.connectivity.last_activity.remove(&group);
             self.groups.unload(&group);
             if !self.serves(&group) {

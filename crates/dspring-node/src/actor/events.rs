@@ -113,6 +113,7 @@ impl Actor {
                 }
                 self.peer_back(peer);
                 if let Some(member) = dspring_net::identity::member(&peer) {
+                    self.heard_by(&member);
                     self.hold_owner(member, peer).await;
                     self.offer_welcomes(member);
                     if self.own_mailboxes.contains_key(&member) {

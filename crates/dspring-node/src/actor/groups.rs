@@ -194,6 +194,13 @@ impl Actor {
         let id = staged.group.id();
         self.groups.insert(staged.group.clone());
         self.wake_group(id).await;
+        if staged
+            .events
+            .iter()
+            .any(|e| matches!(e, dspring_proto::Event::Sent { .. }))
+        {
+            self.wrote(id);
+        }
         self.device.consume_prekeys(&staged.consumed_prekeys);
         let now = now_ms();
         for (sender, content) in self.contents(staged) {

@@ -254,6 +254,7 @@ pub(crate) async fn start(config: NodeConfig) -> Result<Node, NodeError> {
             last_activity,
             idle_group_after: config.idle_group_after,
             unreachable: HashMap::new(),
+            unheard: HashMap::new(),
         },
         live: live.clone(),
         notices: notices.clone(),
