@@ -46,12 +46,28 @@ pub(crate) const USER_HZ: f64 = 100.0;
 
 /// The runtime both benchmarks run their nodes on (the same in both, so that their figures
 /// compare).
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))
+}
+
+/// What both benchmarks start with: their options, parsed by `parse`, and the runtime; on
+/// failure, the message is printed and the exit code returned (2 for bad usage).
+pub(crate) fn start<Options>(
+    parse: impl FnOnce() -> Result<Options, String>,
+) -> Result<(Options, tokio::runtime::Runtime), std::process::ExitCode> {
+    let options = parse().map_err(|message| {
+        eprintln!("{message}");
+        std::process::ExitCode::from(2)
+    })?;
+    let runtime = runtime().map_err(|message| {
+        eprintln!("{message}");
+        std::process::ExitCode::FAILURE
+    })?;
+    Ok((options, runtime))
 }
 
 /// Resident memory of this process, bytes.

@@ -541,19 +541,9 @@ async fn run(options: &Options) -> Result<Figures, String> {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match common::runtime() {
-        Ok(runtime) => runtime,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
+    let (options, runtime) = match common::start(parse_options) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     if options.lean_only {
         return match runtime.block_on(lean::run(&options)) {

@@ -203,19 +203,9 @@ fn print_table(options: &Options, rows: &[Row], took: Duration) {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_options() {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match common::runtime() {
-        Ok(runtime) => runtime,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
+    let (options, runtime) = match common::start(parse_options) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let started = Instant::now();
     let (rows, failed) = runtime.block_on(run(&options));
