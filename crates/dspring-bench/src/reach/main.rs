@@ -203,6 +203,13 @@ fn print_table(options: &Options, rows: &[Row], took: Duration) {
 }
 
 fn main() -> ExitCode {
+    // The nodes' logs on stderr, between the figures' own lines, to look into a run.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let (options, runtime) = match common::start(parse_options) {
         Ok(started) => started,
         Err(code) => return code,
