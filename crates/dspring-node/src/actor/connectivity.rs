@@ -30,6 +30,12 @@ const MIN_GROUP_PEERS: usize = 4;
 /// costs: a dial every 30 s.
 pub(super) const UNHEARD_BUSY_LIMIT: Duration = Duration::from_secs(3600);
 
+/// How long a group whose delivery buffer holds envelopes waiting for earlier ones stays busy
+/// after its last envelope: its periodic sync with connected members fetches what is missing
+/// (an envelope that came by gossip out of order asks for nothing itself). Without it a group
+/// that went idle right after such an envelope kept it waiting until its next message.
+pub(super) const WAITING_BUSY_LIMIT: Duration = UNHEARD_BUSY_LIMIT;
+
 /// How often this node's DHT record is published again (it lives [`RECORD_LIFETIME`]).
 pub(super) const RECORD_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -383,13 +389,17 @@ impl Actor {
 
     /// Groups with no envelope for `idle_group_after` leave their topic: their meshes, and so
     /// their connections, close (a mailbox stays on the topics it serves); their states are
-    /// dropped from memory until next used.
+    /// dropped from memory until next used. Not those with envelopes waiting in their buffer
+    /// ([`WAITING_BUSY_LIMIT`]) or a message nobody heard ([`UNHEARD_BUSY_LIMIT`]).
     pub(super) async fn rest_idle_groups(&mut self) {
         let idle: Vec<GroupId> = self
             .connectivity
             .last_activity
             .iter()
             .filter(|(_, at)| at.elapsed() >= self.connectivity.idle_group_after)
+            .filter(|(group, at)| {
+                !(self.groups.is_waiting(group) && at.elapsed() < WAITING_BUSY_LIMIT)
+            })
             .map(|(group, _)| *group)
             .collect();
         for group in idle {

@@ -18,9 +18,11 @@ use dspring_store::{Store, StoreError};
 /// of the groups busy at the same time: 512 small groups are about 8 MiB.
 pub(super) const MAX_LOADED_GROUPS: usize = 512;
 
-/// What is kept of every group: whether this node is still a member, and the members.
+/// What is kept of every group: whether this node is still a member, the members, and
+/// whether envelopes wait in its delivery buffer for earlier ones.
 struct Summary {
     active: bool,
+    waiting: bool,
     /// Sorted; empty once this node is no longer a member.
     members: Box<[MemberId]>,
 }
@@ -29,6 +31,7 @@ impl Summary {
     fn of(group: &Group) -> Self {
         Self {
             active: group.is_active(),
+            waiting: group.buffered() > 0,
             // `members()` is a sorted set.
             members: group.members().into_iter().collect(),
         }
@@ -129,6 +132,12 @@ impl GroupStates {
     /// Whether this node is a member of `group` now.
     pub(super) fn is_active(&self, group: &GroupId) -> bool {
         self.summaries.get(group).is_some_and(|s| s.active)
+    }
+
+    /// Whether envelopes of `group` wait in its delivery buffer for earlier ones (which a
+    /// sync with a member would bring).
+    pub(super) fn is_waiting(&self, group: &GroupId) -> bool {
+        self.summaries.get(group).is_some_and(|s| s.waiting)
     }
 
     /// The current members of `group` (sorted; empty once this node was removed).
@@ -239,5 +248,32 @@ mod tests {
         assert!(states.state(&store, &GroupId([9; 32])).unwrap().is_none());
         let known_only = GroupStates::default();
         assert!(!known_only.contains(&first));
+        assert!(!states.is_waiting(&first));
+    }
+
+    #[test]
+    fn a_group_with_envelopes_waiting_for_earlier_ones_says_so() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (a, b) = (Device::generate(0, &mut rng), Device::generate(0, &mut rng));
+        let created = Group::create(&a, GroupId([3; 32]), &[b.bundle(None)], &mut rng).unwrap();
+        let joined = Group::join(
+            &b,
+            GroupId([3; 32]),
+            created.outbox[0].bytes.clone(),
+            &mut rng,
+        )
+        .unwrap();
+        // A's key update starts a new epoch; its message in that epoch reaches B first.
+        let update = created.group.update(&mut rng).unwrap();
+        let message = update.group.send(b"later").unwrap();
+        let early = joined
+            .group
+            .receive(&b, message.outbox[0].bytes.clone(), &mut rng)
+            .unwrap();
+        let mut states = GroupStates::default();
+        states.insert(joined.group.clone());
+        assert!(!states.is_waiting(&joined.group.id()));
+        states.insert(early.group);
+        assert!(states.is_waiting(&joined.group.id()));
     }
 }
