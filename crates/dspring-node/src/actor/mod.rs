@@ -360,13 +360,17 @@ impl Actor {
                     }
                     self.act_on_leave_requests().await;
                     self.retry_news();
+                    // The periodic sync first: a group that woke since the last round (a
+                    // member came back on its topic) gets one sync with its members before it
+                    // may rest; the member's own sync at waking can come before that member
+                    // has fetched the message it woke for.
+                    self.sync_round();
                     self.rest_idle_groups().await;
                     self.keep_own_mailboxes().await;
                     let busy: Vec<GroupId> = self.connectivity.last_activity.keys().copied().collect();
                     for group in busy {
                         self.connect_group(group).await;
                     }
-                    self.sync_round();
                     if self.memory_release.take_due(std::time::Instant::now()) {
                         // Off the worker threads: it walks the whole process's heap.
                         tokio::task::spawn_blocking(crate::memory::release_free_memory);
