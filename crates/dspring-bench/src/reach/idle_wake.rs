@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::Options;
-use crate::peer::{SHORT_IDLE, deliver, latest, none_open, stop_all, wait_idle};
+use crate::peer::{SHORT_IDLE, deliver, error, has, latest, none_open, stop_all, wait_idle};
 use crate::report::{Row, Times, ms};
 use crate::restarts::{restart_both, trio};
 
@@ -24,8 +24,33 @@ pub(crate) async fn idle_wake(options: &Options) -> Result<Vec<Row>, String> {
         let (idle, _) = wait_idle(&[&a.node, &b.node], &[&a.node], none_open).await?;
         closed += usize::from(idle);
         let mark = latest(&b.node, group).await?;
+        let c_mark = latest(&c.node, group).await?;
         let text = format!("figure 3, run {run}, after the pause");
         let took = deliver(&a.node, &b.node, group, mark, Instant::now(), &text).await?;
+        if took.is_none() {
+            // A miss (rare, cause not known yet): what each node holds and sees, for the
+            // next look into it.
+            let c_has = has(&c.node, group, c_mark, text.as_bytes()).await?;
+            let delivery = a.node.delivery(group).await.map_err(error)?;
+            let mut seen = Vec::new();
+            for (name, node) in [("A", &a.node), ("B", &b.node), ("C", &c.node)] {
+                let status = node.status().await.map_err(error)?;
+                let network = node.network_status().await.map_err(error)?;
+                seen.push(format!(
+                    "{name}: busy groups {}, connections {}, out of reach {}",
+                    status.busy_groups,
+                    network.connections,
+                    status.out_of_reach.len()
+                ));
+            }
+            eprintln!(
+                "figure 3, run {run}: missed; C has it: {c_has}; at A, held up to {:?}, all up \
+                 to {:?}; {}",
+                delivery.held_up_to(),
+                delivery.all_up_to(),
+                seen.join("; ")
+            );
+        }
         eprintln!(
             "figure 3, run {run}: first message after the restart {}, idle and closed: {idle}, \
              after the pause {}",

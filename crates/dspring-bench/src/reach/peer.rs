@@ -171,7 +171,12 @@ pub(crate) async fn latest(node: &Node, group: GroupId) -> Result<u64, String> {
 }
 
 /// Whether `node` holds a message `text` received after cursor `mark`.
-async fn has(node: &Node, group: GroupId, mark: u64, text: &[u8]) -> Result<bool, String> {
+pub(crate) async fn has(
+    node: &Node,
+    group: GroupId,
+    mark: u64,
+    text: &[u8],
+) -> Result<bool, String> {
     let page = node.messages(group, mark, 1000).await.map_err(error)?;
     Ok(page
         .iter()
