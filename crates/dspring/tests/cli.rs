@@ -3,6 +3,10 @@
 //! ways (one from stdin), `follow`, the event stream resumed after a restart, adding a member,
 //! a key update, `id --qr`, SIGTERM and SIGINT, the API's errors, and a mailbox daemon keeping
 //! a group's messages for a member while everyone else is offline.
+//!
+//! One file past 800 lines on purpose: each test binary links the whole daemon stack (about a
+//! minute of CI each), and these scenarios share their daemon set-up; the shared process
+//! helpers are in `common/`. Split it by scenario when the link cost no longer dominates.
 
 // Test code: a failed expectation is a test failure.
 #![allow(
